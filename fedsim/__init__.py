@@ -1,0 +1,31 @@
+"""fedsim: simulate federated learning with many clients in one process.
+
+    import fedsim
+    df = fedsim.run(fedsim.Config(algo="fedprox", mu=0.01, rounds=20))
+
+Heavy modules (torch) load on first use, so `fedsim --help` stays fast.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["Config", "run", "load_partition", "load_dataset", "build_partition", "__version__"]
+
+
+def __getattr__(name):
+    if name == "Config":
+        from fedsim.config import Config
+
+        return Config
+    if name == "run":
+        from fedsim.engine.run import run
+
+        return run
+    if name in ("load_partition", "build_partition"):
+        from fedsim.data import partition
+
+        return getattr(partition, name)
+    if name == "load_dataset":
+        from fedsim.data.datasets import load_dataset
+
+        return load_dataset
+    raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

@@ -1,0 +1,37 @@
+"""The `fedsim` command: a thin Typer app over the library (torch loads inside command bodies)."""
+
+from __future__ import annotations
+
+import typer
+
+from fedsim.commands.compare import compare
+from fedsim.commands.partition import partition
+from fedsim.commands.train import train
+
+app = typer.Typer(
+    help="Simulate federated learning: partition data, train with FL algorithms, compare runs.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command()(partition)
+app.command()(train)
+app.command()(compare)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the fedsim version and exit."),
+) -> None:
+    if version:
+        from fedsim import __version__
+
+        typer.echo(f"fedsim {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()

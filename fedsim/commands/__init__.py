@@ -1,0 +1,27 @@
+"""One module per `fedsim` command, plus the helpers they share."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import typer
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def user_errors():
+    """Turn a FedsimError into one line on stderr and its exit code (never a traceback)."""
+    from rich.markup import escape
+
+    from fedsim.errors import FedsimError
+
+    try:
+        yield
+    except FedsimError as e:
+        stderr_console().print(f"[bold red]error:[/] {escape(str(e))}")
+        raise typer.Exit(e.exit_code) from None
