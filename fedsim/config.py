@@ -25,7 +25,7 @@ class Config:
     device: str = "auto"                 # auto = CUDA when present, else CPU
     # --- partition: a saved file, or one scheme computed on the fly --------------------------
     partition: str | None = None         # file written by `fedsim partition`
-    clients: int = 10
+    clients: int | None = None          # default 10 (synthetic: its 30 devices)
     iid: bool = False                    # the default scheme when no other is given
     dirichlet: float | None = None       # alpha of per-class Dir(alpha) over clients
     shards: int | None = None            # shards per client (McMahan et al.)
@@ -66,6 +66,10 @@ class Config:
     betas: tuple[float, float] = (0.9, 0.999)
     lr_decay: float = 1.0                # lr multiplied by this after every round
     clip: float | None = None            # max global grad norm per step
+    executor: str = "auto"               # auto | sequential | vmap
+    cohort_chunk: int | None = None      # vmap: clients trained together at most (default: whole cohort)
+    compile: bool = False                # torch.compile the vmap step
+    threads: int | None = None           # CPU threads for torch (default 1: small steps gain nothing from more)
     # --- run --------------------------------------------------------------------------------
     seed: int = 0
     eval_every: int = 1

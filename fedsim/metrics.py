@@ -36,3 +36,56 @@ CSV_COLUMNS = [
     "elapsed_seconds",
 ]
 TIME_COLUMNS = ("round_seconds", "elapsed_seconds")
+
+
+class RunWriter:
+    """Writes `<name>.csv` (whole rows, flushed every round) and the run record `<name>.json`."""
+
+    def __init__(self, out_dir, name: str, overwrite: bool, record: dict):
+        from pathlib import Path
+
+        from fedsim.errors import FedsimError
+
+        self.dir = Path(out_dir)
+        self.csv_path = self.dir / f"{name}.csv"
+        self.json_path = self.dir / f"{name}.json"
+        if not overwrite and (self.csv_path.exists() or self.json_path.exists()):
+            raise FedsimError(f"run {name!r} already exists in {self.dir}/: choose another --name, "
+                              "or pass --overwrite to replace it")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._csv = open(self.csv_path, "w", newline="")  # noqa: SIM115 (kept open for the run)
+        except OSError as e:
+            raise FedsimError(f"cannot write results to {self.dir}/: {e.strerror}; choose --out-dir") from None
+        self._csv.write(",".join(CSV_COLUMNS) + "\n")
+        self._csv.flush()
+        self.record = record
+        self.write_record()
+
+    def append(self, row: dict) -> None:
+        line = ",".join(_format(row[c]) for c in CSV_COLUMNS) + "\n"
+        self._csv.write(line)  # one write per row: an interrupt never leaves half a row
+        self._csv.flush()
+
+    def write_record(self) -> None:
+        import json
+        import os
+
+        tmp = self.json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.record, indent=2, default=str) + "\n")
+        os.replace(tmp, self.json_path)
+
+    def close(self, status: str, detail: str | None = None, summary: dict | None = None) -> None:
+        self._csv.close()
+        self.record["status"] = status
+        if detail:
+            self.record["status_detail"] = detail
+        if summary is not None:
+            self.record["summary"] = summary
+        self.write_record()
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"  # NaN -> empty cell
+    return str(value)

@@ -1,6 +1,229 @@
-"""`fedsim train` (being written)."""
+"""`fedsim train`: parse options into a Config, call `fedsim.run`, show progress and a summary."""
+
+from __future__ import annotations
+
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fedsim.commands import stderr_console, user_errors
+
+ALGOS_HELP = (
+    "fedavg | fedprox (--mu) | scaffold (--server-lr) | fednova | fedavgm (--server-lr, --server-momentum) | "
+    "fedadam, fedyogi, fedadagrad (--server-lr, --server-beta1/2, --server-tau) | fedbn | personalized, on "
+    "a base/head split (--head, --freeze-base): fedper | fedrep (--head-epochs) | ditto (--lam) | fedas."
+)
 
 
-def train() -> None:
-    """Not yet available."""
-    raise SystemExit("fedsim train: not yet available")
+class Optimizer(StrEnum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class BN(StrEnum):
+    global_ = "global"
+    local = "local"
+
+
+_DATA = "Data and partition"
+_ALGO = "Model and algorithm"
+_ROUNDS = "Rounds and local training"
+_RUN = "Run and output"
+
+
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="TOML file of options (same names); flags override it.",
+                                                rich_help_panel=_RUN)] = None,
+    dataset: Annotated[str, typer.Option(help="digits (embedded), mnist, fashion-mnist, emnist, cifar10, "
+                                         "cifar100, synthetic.", rich_help_panel=_DATA)] = "digits",
+    data_dir: Annotated[str | None, typer.Option(help="Folder holding the dataset (default $FEDSIM_DATA or "
+                                                 "./data).", rich_help_panel=_DATA)] = None,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision fetch missing files.",
+                                           rich_help_panel=_DATA)] = False,
+    partition: Annotated[str | None, typer.Option(help="Partition file written by `fedsim partition`.",
+                                                  rich_help_panel=_DATA)] = None,
+    clients: Annotated[int | None, typer.Option(help="Number of clients [default: 10; synthetic: 30].",
+                                                rich_help_panel=_DATA)] = None,
+    iid: Annotated[bool, typer.Option("--iid", help="IID split (the default scheme).",
+                                      rich_help_panel=_DATA)] = False,
+    dirichlet: Annotated[float | None, typer.Option(help="Per-class Dir(ALPHA) over clients.",
+                                                    rich_help_panel=_DATA)] = None,
+    shards: Annotated[int | None, typer.Option(help="S label-sorted shards per client (McMahan).",
+                                               rich_help_panel=_DATA)] = None,
+    labels: Annotated[int | None, typer.Option(help="K distinct labels per client (#C=K).",
+                                               rich_help_panel=_DATA)] = None,
+    quantity_skew: Annotated[float | None, typer.Option(help="Client sizes ~ Dir(BETA), labels IID.",
+                                                        rich_help_panel=_DATA)] = None,
+    natural: Annotated[bool, typer.Option("--natural", help="The dataset's own per-device split (synthetic).",
+                                          rich_help_panel=_DATA)] = False,
+    min_size: Annotated[int, typer.Option(help="Dirichlet/quantity skew: smallest client size.",
+                                          rich_help_panel=_DATA)] = 10,
+    client_test_fraction: Annotated[float | None, typer.Option(
+        help="Hold out this fraction of each client's own samples as its test slice.",
+        rich_help_panel=_DATA)] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K.", rich_help_panel=_DATA)] = "auto",
+    model: Annotated[str, typer.Option(help="mlp, cnn, cnn-bn, fedavgcnn, lenet5, logreg, or any torchvision "
+                                       "classifier (resnet18, mobilenet_v3_small, vit_b_16, ...).",
+                                       rich_help_panel=_ALGO)] = "mlp",
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="torchvision weights (must be cached).",
+                                             rich_help_panel=_ALGO)] = False,
+    algo: Annotated[str, typer.Option(help=ALGOS_HELP, rich_help_panel=_ALGO)] = "fedavg",
+    mu: Annotated[float, typer.Option(help="FedProx: proximal weight (0 = FedAvg).",
+                                      rich_help_panel=_ALGO)] = 0.01,
+    bn: Annotated[BN, typer.Option(help="BatchNorm state: global (averaged) or local (kept per client).",
+                                   rich_help_panel=_ALGO)] = BN.global_,
+    head: Annotated[str | None, typer.Option(help="Personalized FL: head module name(s), comma-separated "
+                                             "[default: the model's final classifier layer].",
+                                             rich_help_panel=_ALGO)] = None,
+    show_split: Annotated[bool, typer.Option("--show-split", help="Print the model's base/head split and exit.",
+                                             rich_help_panel=_ALGO)] = False,
+    server_lr: Annotated[float, typer.Option(help="SCAFFOLD, FedAvgM, FedAdam, FedYogi, FedAdagrad: server step "
+                                             "size.", rich_help_panel=_ALGO)] = 1.0,
+    server_momentum: Annotated[float, typer.Option(help="FedAvgM: server momentum.",
+                                                   rich_help_panel=_ALGO)] = 0.9,
+    server_beta1: Annotated[float, typer.Option(help="FedAdam/FedYogi/FedAdagrad: first-moment decay.",
+                                                rich_help_panel=_ALGO)] = 0.9,
+    server_beta2: Annotated[float, typer.Option(help="FedAdam/FedYogi: second-moment decay.",
+                                                rich_help_panel=_ALGO)] = 0.99,
+    server_tau: Annotated[float, typer.Option(help="FedAdam/FedYogi/FedAdagrad: adaptivity (epsilon).",
+                                              rich_help_panel=_ALGO)] = 1e-3,
+    head_epochs: Annotated[int, typer.Option(help="FedRep: head-only epochs before the base epochs.",
+                                             rich_help_panel=_ALGO)] = 1,
+    lam: Annotated[float, typer.Option(help="Ditto: pull of each personal model towards the global one.",
+                                       rich_help_panel=_ALGO)] = 0.1,
+    freeze_base: Annotated[bool, typer.Option("--freeze-base", help="Personalized FL: train only the head "
+                                              "locally (frozen backbone).", rich_help_panel=_ALGO)] = False,
+    rounds: Annotated[int, typer.Option(help="Communication rounds.", rich_help_panel=_ROUNDS)] = 20,
+    fraction: Annotated[float, typer.Option(help="Fraction of clients trained per round, in (0, 1].",
+                                            rich_help_panel=_ROUNDS)] = 1.0,
+    min_clients: Annotated[int, typer.Option(help="At least this many clients per round.",
+                                             rich_help_panel=_ROUNDS)] = 1,
+    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.", rich_help_panel=_ROUNDS)] = 1,
+    local_steps: Annotated[int | None, typer.Option(help="Fixed local steps per round instead of epochs.",
+                                                    rich_help_panel=_ROUNDS)] = None,
+    batch_size: Annotated[int, typer.Option(help="Local batch size.", rich_help_panel=_ROUNDS)] = 10,
+    optimizer: Annotated[Optimizer, typer.Option(help="Client optimizer.",
+                                                 rich_help_panel=_ROUNDS)] = Optimizer.sgd,
+    lr: Annotated[float, typer.Option(help="Client learning rate.", rich_help_panel=_ROUNDS)] = 0.05,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.", rich_help_panel=_ROUNDS)] = 0.0,
+    nesterov: Annotated[bool, typer.Option("--nesterov", help="Nesterov momentum.",
+                                           rich_help_panel=_ROUNDS)] = False,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.", rich_help_panel=_ROUNDS)] = 0.0,
+    betas: Annotated[tuple[float, float], typer.Option(help="Adam/AdamW betas.",
+                                                       rich_help_panel=_ROUNDS)] = (0.9, 0.999),
+    lr_decay: Annotated[float, typer.Option(help="Multiply the lr by this after every round.",
+                                            rich_help_panel=_ROUNDS)] = 1.0,
+    clip: Annotated[float | None, typer.Option(help="Clip each step's gradient to this global norm.",
+                                               rich_help_panel=_ROUNDS)] = None,
+    executor: Annotated[str, typer.Option(help="auto (vmap where the model and algorithm allow it) | sequential | "
+                                          "vmap.", rich_help_panel=_RUN)] = "auto",
+    cohort_chunk: Annotated[int | None, typer.Option(help="vmap: train at most this many clients at once.",
+                                                     rich_help_panel=_RUN)] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="vmap: torch.compile the local step.",
+                                          rich_help_panel=_RUN)] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch [default: 1].",
+                                                rich_help_panel=_RUN)] = None,
+    seed: Annotated[int, typer.Option(help="Root seed: model init, partition, sampling, batches.",
+                                      rich_help_panel=_RUN)] = 0,
+    partition_seed: Annotated[int | None, typer.Option(help="Seed of the on-the-fly partition "
+                                                       "[default: --seed].", rich_help_panel=_RUN)] = None,
+    eval_every: Annotated[int, typer.Option(help="Evaluate (and write a CSV row) every N rounds.",
+                                            rich_help_panel=_RUN)] = 1,
+    out_dir: Annotated[str, typer.Option(help="Folder for <name>.csv and <name>.json.",
+                                         rich_help_panel=_RUN)] = "results",
+    name: Annotated[str | None, typer.Option(help="Run name [default: <dataset>-<algo>-<model>-seed<seed>].",
+                                             rich_help_panel=_RUN)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run of that name.",
+                                            rich_help_panel=_RUN)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.", rich_help_panel=_RUN)] = False,
+) -> None:
+    """Train with a federated algorithm; one CSV row per evaluated round in --out-dir."""
+    from click.core import ParameterSource
+
+    from fedsim.config import Config, config_from_toml
+
+    with user_errors():
+        values = config_from_toml(config) if config is not None else {}
+        given = {k: v for k, v in ctx.params.items()
+                 if k not in ("config", "show_split")
+                 and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
+        values.update({k: v.value if isinstance(v, Enum) else v for k, v in given.items()})
+        cfg = Config(**values)
+        if show_split:
+            _show_split(cfg)
+        else:
+            _train(cfg)
+
+
+def _show_split(cfg) -> None:
+    from rich.console import Console
+
+    from fedsim.data.datasets import load_dataset
+    from fedsim.models import build_model, describe_split, find_head
+
+    ds = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    model = build_model(cfg.model, ds.input_shape, ds.num_classes, pretrained=cfg.pretrained)
+    Console().print(describe_split(model, find_head(model, cfg.head)))
+
+
+def _train(cfg) -> None:
+    import sys
+
+    from fedsim.engine.run import run
+
+    out = stderr_console()
+    if cfg.quiet:
+        df = run(cfg)
+    elif sys.stderr.isatty():
+        df = _run_with_bar(cfg, out)
+    else:
+        def line(row, total):
+            out.print(f"round {row['round']}/{total}  test_accuracy {row['test_accuracy']:.4f}  "
+                      f"train_loss {row['train_loss']:.4f}  personal_accuracy_mean "
+                      f"{row['personal_accuracy_mean']:.4f}  {row['elapsed_seconds']:.1f}s")
+        df = run(cfg, on_round=line)
+    if not cfg.quiet:
+        _print_summary(cfg, df)
+
+
+def _run_with_bar(cfg, console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fedsim.engine.run import run
+
+    with Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
+                  TextColumn("{task.fields[acc]}"), TimeRemainingColumn(), console=console,
+                  transient=False) as bar:
+        task = bar.add_task("train", total=cfg.rounds, acc="")
+
+        def update(row, total):
+            bar.update(task, completed=row["round"],
+                       acc=f"test acc {row['test_accuracy']:.4f}  loss {row['train_loss']:.3f}")
+
+        return run(cfg, on_round=update)
+
+
+def _print_summary(cfg, df) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if df.empty:
+        return
+    best = df["test_accuracy"].idxmax()
+    last = df.iloc[-1]
+    table = Table(title=f"{cfg.run_name()}: {cfg.algo} on {cfg.dataset}, {int(last['round'])} rounds")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("final test accuracy (global model, test split)", f"{last['test_accuracy']:.4f}")
+    table.add_row(f"best test accuracy (round {int(df.loc[best, 'round'])})", f"{df.loc[best, 'test_accuracy']:.4f}")
+    table.add_row("final personalized accuracy (mean over all clients)", f"{last['personal_accuracy_mean']:.4f}")
+    table.add_row("final personalized accuracy (worst 10% of clients)", f"{last['personal_accuracy_p10']:.4f}")
+    table.add_row("final train loss (this round's clients)", f"{last['train_loss']:.4f}")
+    table.add_row("wall time", f"{last['elapsed_seconds']:.1f} s")
+    console = Console()
+    console.print(table)
+    console.print(f"results: {Path(cfg.out_dir) / (cfg.run_name() + '.csv')} (+ .json)")

@@ -1,0 +1,121 @@
+"""The local update, one client at a time: the reference every faster executor is held to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from fedsim.algorithms.base import ClientJob, ClientResult, Phase
+from fedsim.engine import rng
+from fedsim.engine.optim import OptimizerSpec, clip_by_global_norm
+
+
+@dataclass
+class ClientData:
+    """The training tensors on the device and each client's index set into them (CSR)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: torch.Tensor  # all clients' train indices, concatenated
+    offsets: np.ndarray  # client c owns indices[offsets[c]:offsets[c + 1]]
+
+    def of(self, client: int) -> torch.Tensor:
+        return self.indices[int(self.offsets[client]) : int(self.offsets[client + 1])]
+
+    def size(self, client: int) -> int:
+        return int(self.offsets[client + 1] - self.offsets[client])
+
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """How every client trains locally: the client optimizer, batches, epochs or steps, clipping."""
+
+    optimizer: OptimizerSpec
+    batch_size: int
+    epochs: int = 1
+    steps: int | None = None  # a fixed number of steps instead of epochs
+    clip: float | None = None
+    seed: int = 0
+
+
+def batch_schedule(generator: np.random.Generator, n: int, batch_size: int, epochs: int,
+                   steps: int | None) -> list[np.ndarray]:
+    """Positions into a client's index set, one array per local step.
+
+    Each epoch is a fresh permutation cut into batches (the last one may be smaller, as a DataLoader
+    without drop_last); with `steps`, epochs follow each other until that many batches are taken.
+    """
+    batches: list[np.ndarray] = []
+    while True:
+        perm = generator.permutation(n)
+        for start in range(0, n, batch_size):
+            batches.append(perm[start : start + batch_size])
+            if steps is not None and len(batches) == steps:
+                return batches
+        if steps is None and len(batches) == epochs * -(-n // batch_size):
+            return batches
+
+
+def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phases: list[Phase],
+                 job: ClientJob, round: int, lr: float) -> ClientResult:
+    """Run the algorithm's phases for one client; returns its state after each phase."""
+    torch.manual_seed(rng.keyed_torch_seed(spec.seed, round, job.client))
+    generator = rng.keyed_rng(rng.BATCHES, spec.seed, round, job.client)
+    own = data.of(job.client)
+    n = len(own)
+    model.train()
+    param_names = [k for k, _ in model.named_parameters()]
+    state, states, steps = job.start, [], []
+    loss_sum = torch.zeros((), device=data.x.device)
+    last_finite = torch.full((), float("nan"), device=data.x.device)
+    for phase in phases:
+        if phase.start is not None:
+            state = {k: v.clone() for k, v in job.ctx[phase.start].items()}
+        trainable = [k for k in param_names if phase.trainable is None or k in phase.trainable]
+        params = {k: state[k] for k in trainable}
+        rest = {k: v for k, v in state.items() if k not in params}  # buffers (updated in place) and frozen
+        opt_state = spec.optimizer.init(params)
+        schedule = batch_schedule(generator, n, spec.batch_size, phase.epochs or spec.epochs,
+                                  None if phase.epochs else spec.steps)
+        order = own[torch.from_numpy(np.concatenate(schedule)).to(own.device)]
+        start = 0
+        for batch in schedule:
+            idx = order[start : start + len(batch)]
+            start += len(batch)
+            params = {k: p.detach().requires_grad_() for k, p in params.items()}
+            if phase.loss is None:
+                loss = F.cross_entropy(functional_call(model, {**params, **rest}, (data.x[idx],)), data.y[idx])
+            else:
+                loss = phase.loss(model, {**params, **rest}, data.x[idx], data.y[idx], job.ctx)
+            objective = loss if phase.penalty is None else loss + phase.penalty(params, job.ctx)
+            grads = dict(zip(params, torch.autograd.grad(objective, list(params.values())), strict=True))
+            if phase.correction is not None:
+                grads = phase.correction(grads, job.ctx)
+            grads = clip_by_global_norm(grads, spec.clip)
+            with torch.no_grad():
+                params, opt_state = spec.optimizer.step(params, grads, opt_state, lr)
+            loss = loss.detach()
+            loss_sum += loss
+            last_finite = torch.where(torch.isfinite(loss), loss, last_finite)
+        state = {**rest, **{k: p.detach() for k, p in params.items()}}
+        states.append(state)
+        steps.append(len(schedule))
+    total_steps = max(sum(steps), 1)
+    return ClientResult(job.client, n, states, steps, float(loss_sum) / total_steps, float(last_finite), lr)
+
+
+class SequentialExecutor:
+    """Trains the cohort one client after another on one template model (no module copies)."""
+
+    name = "sequential"
+    reason = "trains one client after another (the reference executor)"
+
+    def __init__(self, model: torch.nn.Module, data: ClientData, spec: LocalSpec):
+        self.model, self.data, self.spec = model, data, spec
+
+    def train(self, phases: list[Phase], jobs: list[ClientJob], round: int, lr: float) -> list[ClientResult]:
+        return [train_client(self.model, self.data, self.spec, phases, job, round, lr) for job in jobs]

@@ -1,0 +1,84 @@
+"""Client optimizers as pure functions of (params, grads, optimizer state).
+
+Written functionally so the same step serves one client (sequential executor) and a stacked cohort
+(vmap executor), with the numbers of torch.optim's SGD/Adam/AdamW. State is re-created each round, as
+clients in FedAvg start every round from a fresh optimizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedsim.errors import FedsimError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise FedsimError(f"unknown optimizer {self.name!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.nesterov and self.momentum <= 0:
+            raise FedsimError("--nesterov needs --momentum > 0")
+
+    def init(self, params: dict[str, torch.Tensor]) -> dict:
+        if self.name == "sgd":
+            return {"step": 0, "buf": {k: torch.zeros_like(p) for k, p in params.items()}} \
+                if self.momentum else {"step": 0}
+        return {"step": 0, "m": {k: torch.zeros_like(p) for k, p in params.items()},
+                "v": {k: torch.zeros_like(p) for k, p in params.items()}}
+
+    def step(self, params: dict, grads: dict, state: dict, lr: float) -> tuple[dict, dict]:
+        """One step; returns (new params, new state). Matches torch.optim's update rules."""
+        t = state["step"] + 1
+        new_params, new_state = {}, {"step": t}
+        if self.name == "sgd":
+            bufs = {}
+            for k, p in params.items():
+                g = grads[k]
+                if self.weight_decay:
+                    g = g + self.weight_decay * p
+                if self.momentum:
+                    # torch.optim.SGD: the buffer starts as the first gradient itself
+                    buf = g if t == 1 else self.momentum * state["buf"][k] + g
+                    bufs[k] = buf
+                    g = g + self.momentum * buf if self.nesterov else buf
+                new_params[k] = p - lr * g
+            if self.momentum:
+                new_state["buf"] = bufs
+            return new_params, new_state
+        b1, b2 = self.betas
+        ms, vs = {}, {}
+        for k, p in params.items():
+            g = grads[k]
+            if self.name == "adamw":
+                p = p * (1 - lr * self.weight_decay)
+            elif self.weight_decay:
+                g = g + self.weight_decay * p
+            m = b1 * state["m"][k] + (1 - b1) * g
+            v = b2 * state["v"][k] + (1 - b2) * g * g
+            ms[k], vs[k] = m, v
+            denom = (v / (1 - b2**t)).sqrt() + self.eps
+            new_params[k] = p - lr * (m / (1 - b1**t)) / denom
+        new_state.update(m=ms, v=vs)
+        return new_params, new_state
+
+
+def clip_by_global_norm(grads: dict, max_norm: float | None) -> dict:
+    """torch.nn.utils.clip_grad_norm_'s rule, functionally."""
+    if max_norm is None:
+        return grads
+    total = torch.sqrt(sum((g.float() ** 2).sum() for g in grads.values()))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return {k: g * coef for k, g in grads.items()}

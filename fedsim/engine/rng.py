@@ -1,0 +1,19 @@
+"""Every random choice draws from a generator keyed by (purpose, seed, round, client).
+
+So results do not depend on the order clients are trained in, on the executor, or on resuming.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+COHORT, BATCHES, TORCH = 1, 2, 3
+
+
+def keyed_rng(purpose: int, seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([purpose, seed, *keys])
+
+
+def keyed_torch_seed(seed: int, round: int, client: int) -> int:
+    """A torch seed for a client's round (dropout and other in-model randomness)."""
+    return int(keyed_rng(TORCH, seed, round, client).integers(2**62))

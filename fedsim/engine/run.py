@@ -1,0 +1,275 @@
+"""One experiment: set up data, partition, model and algorithm, then the round loop (DESIGN.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedsim.algorithms import algorithm_class
+from fedsim.algorithms.base import ClientStore, ModelKeys
+from fedsim.config import Config
+from fedsim.engine import rng
+from fedsim.engine.evaluate import personal_summary, predict
+from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
+from fedsim.engine.optim import OptimizerSpec
+from fedsim.engine.state import is_finite, model_state
+from fedsim.errors import DivergenceError, FedsimError
+from fedsim.metrics import RunWriter
+
+
+def validate(config: Config) -> None:
+    """Cheap checks of the options, each a one-line error naming the option."""
+    checks = [
+        (config.rounds >= 1, f"--rounds must be >= 1 (got {config.rounds})"),
+        (0 < config.fraction <= 1, f"--fraction must be in (0, 1] (got {config.fraction})"),
+        (config.min_clients >= 1, f"--min-clients must be >= 1 (got {config.min_clients})"),
+        (config.local_epochs >= 1, f"--local-epochs must be >= 1 (got {config.local_epochs})"),
+        (config.local_steps is None or config.local_steps >= 1,
+         f"--local-steps must be >= 1 (got {config.local_steps})"),
+        (config.batch_size >= 1, f"--batch-size must be >= 1 (got {config.batch_size})"),
+        (config.lr > 0, f"--lr must be > 0 (got {config.lr})"),
+        (config.momentum >= 0, f"--momentum must be >= 0 (got {config.momentum})"),
+        (config.weight_decay >= 0, f"--weight-decay must be >= 0 (got {config.weight_decay})"),
+        (0 < config.lr_decay <= 1, f"--lr-decay must be in (0, 1] (got {config.lr_decay})"),
+        (config.clip is None or config.clip > 0, f"--clip must be > 0 (got {config.clip})"),
+        (config.eval_every >= 1, f"--eval-every must be >= 1 (got {config.eval_every})"),
+        (config.clients is None or config.clients >= 1, f"--clients must be >= 1 (got {config.clients})"),
+        (config.bn in ("global", "local"), f"--bn must be global or local (got {config.bn!r})"),
+        (config.threads is None or config.threads >= 1, f"--threads must be >= 1 (got {config.threads})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FedsimError(message)
+    config.scheme  # noqa: B018  (raises on two schemes at once)
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, built once; the round loop only reads it."""
+
+    config: Config
+    device: torch.device
+    dataset: object
+    partition: object
+    model: torch.nn.Module
+    keys: ModelKeys
+    algorithm: object
+    executor: object
+
+    def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
+        return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
+
+
+def setup(config: Config) -> Experiment:
+    from fedsim.data.datasets import load_dataset
+    from fedsim.data.partition import build_partition, load_partition
+    from fedsim.device import resolve_device
+    from fedsim.models import bn_state_keys, build_model, find_head, split_state_keys
+
+    validate(config)
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        # Per-client steps are too small to split across threads, and spinning threads that compete
+        # for the cores made a 2NN step 20x slower on a busy 2-core machine.
+        torch.set_num_threads(config.threads or 1)
+    options = {"seed": config.seed}
+    if config.clients is not None:
+        options["devices"] = config.clients
+    dataset = load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
+    if config.partition:
+        partition = load_partition(config.partition)
+        partition.check_matches(dataset)
+    else:
+        scheme, param = config.scheme
+        given = any(getattr(config, s) not in (None, False) for s in
+                    ("iid", "dirichlet", "shards", "labels", "quantity_skew", "natural"))
+        if not given and dataset.natural_train is not None:
+            scheme = "natural"
+        partition = build_partition(
+            dataset, scheme, config.clients if config.clients is not None else 10,
+            seed=config.seed if config.partition_seed is None else config.partition_seed, param=param,
+            min_size=config.min_size, client_test_fraction=config.client_test_fraction)
+    dataset.to(device)
+    eligible = int((partition.train_sizes > 0).sum())
+    if config.min_clients > eligible:
+        raise FedsimError(f"--min-clients {config.min_clients} is more than the {eligible} clients with data")
+
+    algo_cls = algorithm_class(config.algo)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained)
+    model.to(device)
+    head = None
+    if getattr(algo_cls, "needs_head", False) or config.head:
+        head = split_state_keys(model, find_head(model, config.head))[1]
+    keys = ModelKeys(params=[k for k, _ in model.named_parameters()],
+                     buffers=[k for k, _ in model.named_buffers()], bn=list(bn_state_keys(model)), head=head)
+    algorithm = algo_cls(config, keys, partition.num_clients)
+
+    index = torch.from_numpy(np.concatenate([partition.train_indices(c) for c in range(partition.num_clients)]
+                                            or [np.zeros(0, np.int64)])).to(device)
+    data = ClientData(dataset.x_train, dataset.y_train, index,
+                      np.concatenate([[0], np.cumsum(partition.train_sizes)]))
+    optimizer = OptimizerSpec(config.optimizer, config.lr, config.momentum, config.nesterov,
+                              config.weight_decay, tuple(config.betas))
+    spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
+                     config.seed)
+    algorithm.attach(model, data)
+    executor = make_executor(config, model, data, spec, algorithm)
+    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor)
+
+
+EXECUTORS = ("auto", "sequential", "vmap")
+
+
+def make_executor(config: Config, model, data, spec, algorithm):
+    """`--executor`: vmap where the model and algorithm allow it (auto), else sequential with the reason."""
+    if config.executor not in EXECUTORS:
+        raise FedsimError(f"unknown executor {config.executor!r}: choose one of {', '.join(EXECUTORS)}")
+    if config.executor == "sequential":
+        return SequentialExecutor(model, data, spec)
+    try:
+        from fedsim.engine.vmap import VmapExecutor, vmap_unsupported_reason
+    except ImportError:
+        reason = "the vmap executor is not available in this version"
+    else:
+        reason = vmap_unsupported_reason(model, algorithm)
+        if reason is None:
+            return VmapExecutor(model, data, spec, chunk=config.cohort_chunk, compile=config.compile)
+    if config.executor == "vmap":
+        raise FedsimError(f"--executor vmap cannot run this experiment: {reason}; use --executor sequential")
+    executor = SequentialExecutor(model, data, spec)
+    executor.reason = f"auto chose sequential: {reason}"
+    return executor
+
+
+def evaluate(exp: Experiment, server, store) -> dict:
+    ds, part, algo = exp.dataset, exp.partition, exp.algorithm
+    losses, correct = predict(exp.model, server.model, ds.x_test, ds.y_test)
+    from_test = part.meta.get("client_test_source", "test") == "test"
+    x, y = (ds.x_test, ds.y_test) if from_test else (ds.x_train, ds.y_train)
+    per_client = []
+    global_correct = correct.cpu().numpy() if from_test else None
+    for c in range(part.num_clients):
+        idx = part.test_indices(c)
+        state = algo.personal_model(server, store, c)
+        if state is None and global_correct is not None:
+            per_client.append(global_correct[idx])
+            continue
+        t = torch.from_numpy(idx).to(exp.device)
+        per_client.append(predict(exp.model, state if state is not None else server.model, x[t], y[t])[1]
+                          .cpu().numpy())
+    personal = personal_summary(per_client)
+    return {
+        "test_loss": float(losses.mean()) if len(losses) else float("nan"),
+        "test_accuracy": float(correct.float().mean()) if len(correct) else float("nan"),
+        **{f"personal_accuracy_{k}": v for k, v in personal.items()},
+    }
+
+
+def run_record(exp: Experiment) -> dict:
+    import fedsim
+
+    meta = exp.partition.meta
+    return {
+        "fedsim_version": fedsim.__version__,
+        "torch_version": torch.__version__,
+        "device": str(exp.device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": exp.config.to_dict(),
+        "partition": {"hash": meta.get("sha256"), "scheme": meta.get("scheme"), "param": meta.get("param"),
+                      "seed": meta.get("seed"), "num_clients": exp.partition.num_clients,
+                      "file": exp.config.partition},
+        "model": {"name": exp.config.model, "parameters": sum(p.numel() for p in exp.model.parameters())},
+        "executor": {"name": exp.executor.name, "reason": getattr(exp.executor, "reason", "")},
+        "status": "running",
+    }
+
+
+def run(config: Config | None = None, *, on_round=None, **overrides):
+    """Run one experiment; returns the per-round metrics as a pandas DataFrame.
+
+    `on_round(row, total_rounds)` is called after each evaluated round (the CLI's progress bar).
+    Raises FedsimError on bad input and DivergenceError (rows written so far stay) on NaN/inf.
+    """
+    import pandas as pd
+
+    config = dataclasses.replace(config or Config(), **overrides)
+    exp = setup(config)
+    writer = RunWriter(config.out_dir, config.run_name(), config.overwrite, run_record(exp))
+    rows: list[dict] = []
+    status, detail = "stopped", None
+    try:
+        _round_loop(exp, writer, rows, on_round)
+        status = "finished"
+    except DivergenceError as e:
+        status, detail = "diverged", str(e)
+        raise
+    finally:
+        writer.close(status, detail, _summary(rows))
+    return pd.DataFrame(rows)
+
+
+def _round_loop(exp: Experiment, writer: RunWriter, rows: list[dict], on_round) -> None:
+    config, algo, part = exp.config, exp.algorithm, exp.partition
+    initial = model_state(exp.model)
+    server = algo.init_server(initial)
+    store = ClientStore(algo.personal_initial(initial))
+    eligible = np.flatnonzero(part.train_sizes > 0)
+    cohort_size = min(max(round(config.fraction * len(eligible)), config.min_clients, 1), len(eligible))
+    started = time.perf_counter()
+    for r in range(1, config.rounds + 1):
+        round_start = time.perf_counter()
+        lr = config.lr * config.lr_decay ** (r - 1)
+        jobs = [algo.client_job(server, store, int(c)) for c in exp.cohort(r, eligible, cohort_size)]
+        results = exp.executor.train(algo.phases(), jobs, r, lr)
+        for res in results:
+            if not math.isfinite(res.loss) or not is_finite(res.states[-1], res.states[-1]):
+                _diverged(r, res.client, res.last_finite_loss, lr)
+        for res in results:
+            algo.client_finish(server, store, res)
+        server = algo.aggregate(server, results)
+        if not is_finite(server.model, server.model):
+            _diverged(r, None, float("nan"), lr)
+        if r % config.eval_every and r != config.rounds:
+            continue
+        row = {"round": r, "clients": len(results),
+               "train_loss": float(np.average([x.loss for x in results], weights=[x.num_samples for x in results])),
+               **evaluate(exp, server, store),
+               "bytes_up": len(results) * algo.bytes_up(server),
+               "bytes_down": len(results) * algo.bytes_down(server)}
+        now = time.perf_counter()
+        row["round_seconds"] = now - round_start
+        row["elapsed_seconds"] = now - started
+        writer.append(row)
+        rows.append(row)
+        if on_round is not None:
+            on_round(row, config.rounds)
+
+
+def _diverged(round: int, client: int | None, last_finite: float, lr: float):
+    where = f"client {client}" if client is not None else "the aggregated global model"
+    last = f"last finite loss {last_finite:.4g}" if math.isfinite(last_finite) else "no finite loss seen"
+    raise DivergenceError(
+        f"training diverged in round {round} ({where}: loss or weights became NaN/inf; {last}); "
+        f"lower --lr (now {lr:g}) or add --clip 1.0", round, client)
+
+
+def _summary(rows: list[dict]) -> dict:
+    if not rows:
+        return {"rounds_completed": 0}
+    acc = [r["test_accuracy"] for r in rows]
+    best = int(np.nanargmax(acc)) if not all(math.isnan(a) for a in acc) else len(rows) - 1
+    last = rows[-1]
+    return {
+        "rounds_completed": last["round"],
+        "final_test_accuracy": last["test_accuracy"],
+        "best_test_accuracy": acc[best],
+        "best_round": rows[best]["round"],
+        "final_personal_accuracy_mean": last["personal_accuracy_mean"],
+        "elapsed_seconds": last["elapsed_seconds"],
+    }
