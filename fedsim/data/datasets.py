@@ -2,11 +2,21 @@
 
 No DataLoader and no per-sample objects: a client is an index set into these tensors and a batch is
 an index gather on the device.
+
+Datasets: `digits` (embedded, needs no files); `mnist`, `fashion-mnist`, `emnist` (balanced split,
+47 classes), `cifar10`, `cifar100` read from torchvision's layout under the data folder, `.gz` idx files
+included, never writing there (`download=True` fetches missing files with torchvision); `synthetic`,
+`synthetic(ALPHA,BETA)`, `synthetic-iid`: FedProx's generator, with its own per-device split.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+import pickle
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,20 +76,425 @@ def _load_digits(data_dir: Path, download: bool, **_) -> Dataset:
     return Dataset("digits", x[~is_test], y[~is_test], x[is_test], y[is_test], num_classes=10)
 
 
+# --------------------------------------------------------------------------------------------------
+# Image datasets in torchvision's on-disk layout, read without torchvision's loaders
+# --------------------------------------------------------------------------------------------------
+#
+# The files are read here, not through torchvision's dataset classes, because those classes
+#   * want the decompressed idx files (download=False) or write them next to the `.gz` files
+#     (download=True), so a read-only folder holding only `raw/*.gz` cannot be used, and
+#   * check the MD5 of every CIFAR batch, so a small or re-packed copy cannot be used.
+# The layout (folder and file names) is exactly torchvision's, and `download=True` calls torchvision's
+# own class to fetch whatever is missing. tests/test_datasets.py checks these names against torchvision.
+#
+# Normalization: x = (pixel / 255 - mean) / std per channel, the usual per-dataset constants
+# (mean and std over all training pixels):
+#   MNIST          mean 0.1307                    std 0.3081
+#   Fashion-MNIST  mean 0.2860                    std 0.3530
+#   EMNIST bal.    mean 0.1751                    std 0.3332
+#   CIFAR-10       mean (0.4914, 0.4822, 0.4465)  std (0.2470, 0.2435, 0.2616)
+#   CIFAR-100      mean (0.5071, 0.4865, 0.4409)  std (0.2673, 0.2564, 0.2762)
+# (CIFAR stds are the std over all pixels, not the often-copied (0.2023, 0.1994, 0.2010), which is the
+# mean of per-image stds.)
+
+
+@dataclass(frozen=True)
+class _ImageSpec:
+    name: str                       # fedsim's name
+    tv_class: str                   # torchvision.datasets class used for --download
+    folder: str                     # under data_dir, as torchvision lays it out
+    train: tuple[str, ...]          # idx: (images, labels); cifar: batch files
+    test: tuple[str, ...]
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    kind: str = "idx"               # "idx" (MNIST family) or "cifar" (python pickles)
+    label_key: str = "labels"       # cifar: key of the labels in each batch
+    tv_kwargs: tuple = ()           # extra arguments of the torchvision class, as (key, value) pairs
+    also_in: tuple[str, ...] = ()   # sub-folders of `folder` searched as well
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.train + self.test
+
+
+# torchvision.datasets.MNIST.resources (minus .gz), and its `<root>/<ClassName>/raw/` folder.
+_MNIST_FILES = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+# torchvision.datasets.EMNIST: EMNIST/raw/emnist-{split}-{train,test}-{images-idx3,labels-idx1}-ubyte
+# (split "balanced" here). Its download unzips NIST's gzip.zip into raw/gzip/ and extracts every .gz
+# into raw/, so a hand-unzipped copy (raw/gzip/*.gz) is searched too.
+_EMNIST_FILES = tuple((f"emnist-balanced-{s}-images-idx3-ubyte", f"emnist-balanced-{s}-labels-idx1-ubyte")
+                      for s in ("train", "test"))
+
+_IMAGE_SPECS = {
+    spec.name: spec for spec in (
+        _ImageSpec("mnist", "MNIST", "MNIST/raw", *_MNIST_FILES, 10, (0.1307,), (0.3081,)),
+        _ImageSpec("fashion-mnist", "FashionMNIST", "FashionMNIST/raw", *_MNIST_FILES, 10,
+                   (0.2860,), (0.3530,)),
+        _ImageSpec("emnist", "EMNIST", "EMNIST/raw", *_EMNIST_FILES, 47, (0.1751,), (0.3332,),
+                   tv_kwargs=(("split", "balanced"),), also_in=("gzip",)),
+        # torchvision.datasets.CIFAR10/CIFAR100: base_folder, train_list, test_list
+        _ImageSpec("cifar10", "CIFAR10", "cifar-10-batches-py",
+                   tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), 10,
+                   (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), kind="cifar"),
+        _ImageSpec("cifar100", "CIFAR100", "cifar-100-python", ("train",), ("test",), 100,
+                   (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), kind="cifar",
+                   label_key="fine_labels"),
+    )
+}
+
+
+def _find(spec: _ImageSpec, folder: Path, filename: str) -> Path | None:
+    """The file itself, else its `.gz` (idx files only), in `folder` or its `also_in` sub-folders."""
+    for where in (folder, *(folder / sub for sub in spec.also_in)):
+        for candidate in (filename, filename + ".gz") if spec.kind == "idx" else (filename,):
+            if (where / candidate).is_file():
+                return where / candidate
+    return None
+
+
+def _missing_error(spec: _ImageSpec, root: Path, folder: Path, missing: list[str]) -> FedsimError:
+    gz = "[.gz]" if spec.kind == "idx" else ""
+    top = spec.folder.split("/")[0]
+    if len(missing) == len(spec.files):
+        shown = ", ".join(f + gz for f in missing[:2]) + (", ..." if len(missing) > 2 else "")
+        what = f"no files found in {folder} (expected {shown})"
+    else:
+        what = f"missing {', '.join(f + gz for f in missing)} in {folder}"
+    # A common slip: --data-dir pointing at MNIST/ or MNIST/raw/ instead of the folder that holds MNIST/.
+    parts = Path(spec.folder).parts
+    for depth in range(1, len(parts) + 1):
+        inside = root.joinpath(*parts[depth:])
+        if _find(spec, inside, spec.files[0]) is not None:
+            if Path(*root.parts[-depth:]) == Path(*parts[:depth]):
+                fix = (f"{inside} holds them: pass --data-dir {root.parents[depth - 1]} "
+                       f"(the folder that holds {top}/)")
+            else:
+                fix = (f"{inside} holds them: move them to <folder>/{spec.folder}/ and pass --data-dir "
+                       f"<folder>")
+            return FedsimError(f"dataset {spec.name}: {what}; {fix}")
+    return FedsimError(f"dataset {spec.name}: {what}; pass --data-dir to the folder that holds "
+                       f"{top}/ (torchvision's layout), or --download to fetch it")
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _corrupt(spec: _ImageSpec, path: Path, detail: str) -> FedsimError:
+    return FedsimError(f"dataset {spec.name}: {path} is corrupt or truncated ({detail}); replace it with a "
+                       f"good copy, or delete it and pass --download")
+
+
+def _tv_download(spec: _ImageSpec, root: Path) -> None:
+    """Fetch the missing files with torchvision's own class (it writes under `root`)."""
+    try:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, spec.tv_class)(str(root), train=True, download=True, **dict(spec.tv_kwargs))
+    except Exception as e:  # URLError, RuntimeError (no mirror answered, bad MD5), OSError (read-only)...
+        raise FedsimError(f"dataset {spec.name}: download into {root} failed ({_one_line(e)}); check the "
+                          f"network, or put the files in {root / spec.folder} yourself and pass --data-dir "
+                          f"{root}") from e
+
+
+def _read_idx(spec: _ImageSpec, path: Path, ndim: int) -> np.ndarray:
+    """An idx file (raw or .gz) of unsigned bytes with `ndim` dimensions, as a read-only uint8 array."""
+    try:
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise _corrupt(spec, path, _one_line(e)) from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise _corrupt(spec, path, "not an idx file: bad magic number")
+    if data[2] != 0x08 or data[3] != ndim:
+        raise _corrupt(spec, path, f"expected unsigned bytes in {ndim} dimension(s), header says type "
+                                   f"0x{data[2]:02x} in {data[3]} dimension(s)")
+    start = 4 + 4 * ndim
+    if len(data) < start:
+        raise _corrupt(spec, path, "header cut short")
+    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    if len(data) - start != math.prod(shape):
+        raise _corrupt(spec, path, f"header says {'x'.join(map(str, shape))} = {math.prod(shape)} bytes, "
+                                   f"file holds {len(data) - start}")
+    return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(shape)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches: dicts, lists, strings and numpy arrays, nothing that runs code."""
+
+    _ALLOWED = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a data file")
+        if module.startswith("numpy.core."):  # pickles made by numpy 1.x
+            module = "numpy._core." + module[len("numpy.core."):]
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(spec: _ImageSpec, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch: (images uint8 (n, 3, 32, 32), labels int64 (n,))."""
+    try:
+        with open(path, "rb") as f:
+            # latin1 as torchvision does, for the python-2 pickles of the original files
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # EOFError, UnpicklingError, ValueError, ... all mean a damaged file
+        raise _corrupt(spec, path, f"cannot unpickle: {_one_line(e, 120)}") from e
+    if not isinstance(entry, dict):
+        raise _corrupt(spec, path, f"expected a dict, found {type(entry).__name__}")
+    entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    if "data" not in entry or spec.label_key not in entry:
+        raise _corrupt(spec, path, f"expected keys 'data' and {spec.label_key!r}, found "
+                                   f"{', '.join(map(repr, entry)) or 'none'}")
+    data = np.asarray(entry["data"])
+    labels = np.asarray(entry[spec.label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise _corrupt(spec, path, f"'data' should be uint8 of shape (n, 3072), found {data.dtype} "
+                                   f"{data.shape}")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise _corrupt(spec, path, f"{len(data)} images but labels of shape {labels.shape}")
+    # rows are 1024 red, 1024 green, 1024 blue values, each row-major 32x32: reshape gives (N, C, H, W)
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]):
+    """uint8 (N, C, H, W) -> float32 tensor (pixel / 255 - mean) / std, by a 256-entry lookup per channel."""
+    import torch
+
+    lut = ((np.arange(256, dtype=np.float64)[None, :] / 255.0 - np.asarray(mean)[:, None])
+           / np.asarray(std)[:, None]).astype(np.float32)
+    if images.shape[1] == 1:
+        return torch.from_numpy(lut[0][images])
+    out = np.empty(images.shape, dtype=np.float32)
+    for c in range(images.shape[1]):
+        out[:, c] = lut[c][images[:, c]]
+    return torch.from_numpy(out)
+
+
+def _load_image_dataset(spec: _ImageSpec, data_dir: Path, download: bool) -> Dataset:
+    import torch
+
+    folder = data_dir / spec.folder
+    paths = {f: _find(spec, folder, f) for f in spec.files}
+    if download and None in paths.values():
+        _tv_download(spec, data_dir)
+        paths = {f: _find(spec, folder, f) for f in spec.files}
+    missing = [f for f, p in paths.items() if p is None]
+    if missing:
+        raise _missing_error(spec, data_dir, folder, missing)
+
+    splits = []
+    for files in (spec.train, spec.test):
+        if spec.kind == "idx":
+            images_file, labels_file = files
+            # (N, 1, 28, 28) in the file's row-major order, as torchvision gives it (EMNIST included:
+            # torchvision does not transpose EMNIST, so its images are stored transposed)
+            images = _read_idx(spec, paths[images_file], 3)[:, None]
+            labels = _read_idx(spec, paths[labels_file], 1).astype(np.int64)
+            if len(images) != len(labels):
+                raise _corrupt(spec, paths[labels_file], f"{len(labels)} labels for {len(images)} images in "
+                                                         f"{paths[images_file].name}")
+            where = paths[labels_file]
+        else:
+            batches = [_read_cifar_batch(spec, paths[f]) for f in files]
+            images = np.concatenate([b[0] for b in batches])
+            labels = np.concatenate([b[1] for b in batches])
+            where = paths[files[0]].parent
+        if len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
+            raise _corrupt(spec, where, f"labels span {labels.min()}..{labels.max()}, expected "
+                                        f"0..{spec.num_classes - 1}")
+        splits += [_normalize(images, spec.mean, spec.std), torch.from_numpy(labels)]
+    info = {"folder": str(folder), "files": [str(paths[f]) for f in spec.files],
+            "mean": list(spec.mean), "std": list(spec.std)}
+    if spec.tv_kwargs:
+        info.update(dict(spec.tv_kwargs))
+    return Dataset(spec.name, *splits, num_classes=spec.num_classes, info=info)
+
+
+def _image_loader(name: str):
+    def load(data_dir: Path, download: bool, **_) -> Dataset:
+        return _load_image_dataset(_IMAGE_SPECS[name], data_dir, download)
+
+    load.__name__ = load.__qualname__ = f"_load_{name.replace('-', '_')}"
+    load.__doc__ = f"{name} from torchvision's layout under data_dir ({_IMAGE_SPECS[name].folder}/)."
+    return load
+
+
+# --------------------------------------------------------------------------------------------------
+# FedProx's Synthetic(alpha, beta)
+# --------------------------------------------------------------------------------------------------
+
+SYNTHETIC_DIM = 60
+SYNTHETIC_CLASSES = 10
+
+
+def _load_synthetic(data_dir: Path, download: bool, alpha: float = 1.0, beta: float = 1.0,
+                    iid: bool = False, devices: int = 30, seed: int | None = 0, **_) -> Dataset:
+    """Synthetic(alpha, beta) of Li et al., "Federated Optimization in Heterogeneous Networks" (MLSys 2020),
+    as generated by litian96/FedProx data/synthetic_*/generate_synthetic.py, drawn from
+    `np.random.default_rng(seed)` (so not the same numbers as the original's global `np.random`).
+
+    Device k has int(lognormal(4, 2)) + 50 samples; u_k ~ N(0, alpha), B_k ~ N(0, beta),
+    v_k ~ N(B_k, 1)^60, W_k ~ N(u_k, 1)^(60x10), b_k ~ N(u_k, 1)^10, x ~ N(v_k, Sigma) with
+    Sigma = diag((j+1)^-1.2), y = argmax(x W_k + b_k) (= argmax of the softmax). IID: one W, b ~ N(0, 1)
+    for all devices and x ~ N(0, Sigma) (the original's synthetic_iid, alpha = beta = 0).
+    Each device's samples are shuffled and its first int(0.9 n_k) go to train, the rest to test;
+    `natural_train`/`natural_test` give each device's indices into the train/test splits.
+    """
+    import torch
+
+    for key, value in (("alpha", alpha), ("beta", beta)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                math.isfinite(value) and value >= 0):
+            raise FedsimError(f"dataset synthetic: {key} must be a finite number >= 0, got {value!r}")
+    if not isinstance(devices, (int, np.integer)) or isinstance(devices, bool) or devices < 1:
+        raise FedsimError(f"dataset synthetic: devices must be a whole number >= 1, got {devices!r}")
+    seed = 0 if seed is None else seed
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise FedsimError(f"dataset synthetic: seed must be a whole number >= 0, got {seed!r}")
+    devices, seed = int(devices), int(seed)
+    if iid:
+        alpha = beta = 0.0
+
+    rng = np.random.default_rng(seed)
+    d, c = SYNTHETIC_DIM, SYNTHETIC_CLASSES
+    sizes = rng.lognormal(4, 2, devices).astype(np.int64) + 50
+    u = rng.normal(0, alpha, devices)                    # mean of W_k and b_k
+    big_b = rng.normal(0, beta, devices)                 # mean of v_k
+    sigma_sqrt = np.sqrt(np.arange(1, d + 1, dtype=np.float64) ** -1.2)
+    if iid:
+        v = np.zeros((devices, d))
+        w_shared = rng.normal(0, 1, (d, c))
+        b_shared = rng.normal(0, 1, c)
+    else:
+        v = rng.normal(big_b[:, None], 1, (devices, d))  # mean of x on device k
+
+    xs_train, ys_train, xs_test, ys_test = [], [], [], []
+    for k in range(devices):
+        if iid:
+            w, b = w_shared, b_shared
+        else:
+            w = rng.normal(u[k], 1, (d, c))
+            b = rng.normal(u[k], 1, c)
+        n = int(sizes[k])
+        x = v[k] + sigma_sqrt * rng.standard_normal((n, d))
+        y = np.argmax(x @ w + b, axis=1)
+        order = rng.permutation(n)
+        cut = int(0.9 * n)
+        xs_train.append(x[order[:cut]])
+        ys_train.append(y[order[:cut]])
+        xs_test.append(x[order[cut:]])
+        ys_test.append(y[order[cut:]])
+
+    def offsets(parts):
+        ends = np.cumsum([len(p) for p in parts])
+        return [np.arange(end - len(p), end, dtype=np.int64) for p, end in zip(parts, ends, strict=True)]
+
+    def tensors(xs, ys):
+        return (torch.from_numpy(np.concatenate(xs).astype(np.float32)),
+                torch.from_numpy(np.concatenate(ys).astype(np.int64)))
+
+    if iid:
+        name = "synthetic-iid"
+    elif (alpha, beta) == (1, 1):
+        name = "synthetic"
+    else:
+        name = f"synthetic({alpha:g},{beta:g})"
+    return Dataset(name, *tensors(xs_train, ys_train), *tensors(xs_test, ys_test), num_classes=c,
+                   natural_train=offsets(xs_train), natural_test=offsets(xs_test),
+                   info={"alpha": float(alpha), "beta": float(beta), "iid": bool(iid), "devices": devices,
+                         "seed": seed, "samples_per_device": sizes.tolist()})
+
+
+def _load_synthetic_iid(data_dir: Path, download: bool, iid: bool = True, **options) -> Dataset:
+    if not iid:
+        raise FedsimError("dataset synthetic-iid: iid=False contradicts the name; use synthetic")
+    if options.get("alpha") or options.get("beta"):
+        raise FedsimError("dataset synthetic-iid takes no alpha/beta (it is Synthetic-IID); "
+                          "use synthetic(ALPHA,BETA)")
+    options.pop("alpha", None)
+    options.pop("beta", None)
+    return _load_synthetic(data_dir, download, iid=True, **options)
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------------
+
 # name -> loader(data_dir, download, **options) -> Dataset (on the CPU)
 LOADERS = {
     "digits": _load_digits,
+    **{name: _image_loader(name) for name in _IMAGE_SPECS},
+    "synthetic": _load_synthetic,
+    "synthetic-iid": _load_synthetic_iid,
 }
+
+# Options load_dataset passes on. `seed` and `devices` are generic (a caller may pass them for any
+# dataset; those that draw nothing ignore them); the others are the synthetic generator's only.
+_GENERIC_OPTIONS = {"seed", "devices"}
+_SYNTHETIC_OPTIONS = {"alpha", "beta", "iid"}
+
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
+            "emnist-balanced": "emnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
+            "synthetic_iid": "synthetic-iid"}
+
+_SYNTHETIC_NAME = re.compile(r"synthetic\((.*)\)")
 
 
 def dataset_names() -> list[str]:
     return list(LOADERS)
 
 
+def _resolve(name: str, options: dict) -> tuple[str, dict]:
+    """Canonical registry name and options, with synthetic(ALPHA,BETA) parsed into alpha/beta."""
+    if not isinstance(name, str):
+        raise FedsimError(f"dataset name must be a string, got {name!r}")
+    key = "".join(name.split()).lower()
+    key = _ALIASES.get(key, key)
+    match = _SYNTHETIC_NAME.fullmatch(key)
+    if match:
+        try:
+            alpha, beta = (float(v) for v in match.group(1).split(","))
+        except ValueError:
+            raise FedsimError(f"dataset {name!r}: write synthetic(ALPHA,BETA) with two numbers, "
+                              f"e.g. synthetic(0.5,0.5)") from None
+        for k, v in (("alpha", alpha), ("beta", beta)):
+            if k in options and options[k] != v:
+                raise FedsimError(f"dataset {name!r} says {k}={v:g} but the option {k}={options[k]!r} "
+                                  f"was given too: give it once")
+        return "synthetic", {**options, "alpha": alpha, "beta": beta}
+    if key not in LOADERS:
+        raise FedsimError(f"unknown dataset {name!r}: choose one of {', '.join(LOADERS)} "
+                          f"(or synthetic(ALPHA,BETA))")
+    return key, options
+
+
 def load_dataset(name: str = "digits", data_dir: str | Path | None = None, device="cpu",
                  download: bool = False, **options) -> Dataset:
-    """Load dataset `name` from `data_dir` (default `$FEDSIM_DATA` or `./data`) onto `device`."""
-    if name not in LOADERS:
-        raise FedsimError(f"unknown dataset {name!r}: choose one of {', '.join(LOADERS)}")
+    """Load dataset `name` from `data_dir` (default `$FEDSIM_DATA` or `./data`) onto `device`.
+
+    Names: digits (embedded), mnist, fashion-mnist, emnist (balanced split), cifar10, cifar100 (files in
+    torchvision's layout under `data_dir`; `download=True` fetches missing ones with torchvision), and
+    synthetic (= synthetic(1,1)), synthetic(ALPHA,BETA), synthetic-iid (FedProx's generator).
+    Options (None means not given): `seed`, `devices` (used by the synthetic datasets, ignored by the
+    others), `alpha`, `beta`, `iid` (synthetic only).
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(options) - _GENERIC_OPTIONS - _SYNTHETIC_OPTIONS)
+    if unknown:
+        raise FedsimError(f"unknown dataset option(s) {', '.join(unknown)}: known ones are "
+                          f"{', '.join(sorted(_GENERIC_OPTIONS | _SYNTHETIC_OPTIONS))}")
+    key, options = _resolve(name, options)
+    if not key.startswith("synthetic"):
+        misplaced = sorted(set(options) & _SYNTHETIC_OPTIONS)
+        if misplaced:
+            raise FedsimError(f"dataset {key}: option(s) {', '.join(misplaced)} apply only to the "
+                              f"synthetic datasets")
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    return LOADERS[name](root, download, **options).to(device)
+    return LOADERS[key](root, download, **options).to(device)
