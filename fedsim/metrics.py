@@ -12,7 +12,8 @@ Columns, one row per evaluated round (accuracies are fractions in [0, 1]):
     personal_accuracy_min    the worst client
     personal_accuracy_p10    10th percentile over clients (the worst-10% boundary)
     personal_accuracy_pooled correct / total over all clients' test slices (PFLlib/FedProx style)
-    bytes_up, bytes_down     exact bytes sent client->server and server->client this round
+    bytes_up, bytes_down     exact bytes sent client->server and server->client since the previous row
+                             (this round, unless --eval-every skips rows)
     round_seconds            wall time of this round (training + evaluation)
     elapsed_seconds          wall time since the run started (setup excluded)
 """

@@ -24,8 +24,8 @@ class FedProxParams:
 class FedProx(FedAvg):
     name = "fedprox"
 
-    def __init__(self, config, keys):
-        super().__init__(config, keys)
+    def __init__(self, config, keys, num_clients=1):
+        super().__init__(config, keys, num_clients)
         self.params = FedProxParams(mu=config.mu)
 
     def phases(self):

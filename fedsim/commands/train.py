@@ -142,21 +142,24 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.", rich_help_panel=_RUN)] = False,
 ) -> None:
     """Train with a federated algorithm; one CSV row per evaluated round in --out-dir."""
-    from click.core import ParameterSource
-
     from fedsim.config import Config, config_from_toml
 
     with user_errors():
         values = config_from_toml(config) if config is not None else {}
         given = {k: v for k, v in ctx.params.items()
-                 if k not in ("config", "show_split")
-                 and ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
+                 if k not in ("config", "show_split") and _from_command_line(ctx, k)}
         values.update({k: v.value if isinstance(v, Enum) else v for k, v in given.items()})
         cfg = Config(**values)
         if show_split:
             _show_split(cfg)
         else:
             _train(cfg)
+
+
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    # By name: Typer may carry its own copy of click, whose ParameterSource is another class.
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _show_split(cfg) -> None:

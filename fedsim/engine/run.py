@@ -77,7 +77,7 @@ def setup(config: Config) -> Experiment:
         # Per-client steps are too small to split across threads, and spinning threads that compete
         # for the cores made a 2NN step 20x slower on a busy 2-core machine.
         torch.set_num_threads(config.threads or 1)
-    options = {"seed": config.seed}
+    options = {}
     if config.clients is not None:
         options["devices"] = config.clients
     dataset = load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
@@ -222,6 +222,7 @@ def _round_loop(exp: Experiment, writer: RunWriter, rows: list[dict], on_round) 
     eligible = np.flatnonzero(part.train_sizes > 0)
     cohort_size = min(max(round(config.fraction * len(eligible)), config.min_clients, 1), len(eligible))
     started = time.perf_counter()
+    sent_up = sent_down = 0  # bytes since the last written row, so --eval-every never drops any
     for r in range(1, config.rounds + 1):
         round_start = time.perf_counter()
         lr = config.lr * config.lr_decay ** (r - 1)
@@ -235,13 +236,15 @@ def _round_loop(exp: Experiment, writer: RunWriter, rows: list[dict], on_round) 
         server = algo.aggregate(server, results)
         if not is_finite(server.model, server.model):
             _diverged(r, None, float("nan"), lr)
+        sent_up += len(results) * algo.bytes_up(server)
+        sent_down += len(results) * algo.bytes_down(server)
         if r % config.eval_every and r != config.rounds:
             continue
         row = {"round": r, "clients": len(results),
                "train_loss": float(np.average([x.loss for x in results], weights=[x.num_samples for x in results])),
                **evaluate(exp, server, store),
-               "bytes_up": len(results) * algo.bytes_up(server),
-               "bytes_down": len(results) * algo.bytes_down(server)}
+               "bytes_up": sent_up, "bytes_down": sent_down}
+        sent_up = sent_down = 0
         now = time.perf_counter()
         row["round_seconds"] = now - round_start
         row["elapsed_seconds"] = now - started
