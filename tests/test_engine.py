@@ -77,10 +77,13 @@ def test_weighted_mean_uses_sample_counts_and_keeps_int_buffers_int():
 
 
 def test_batch_schedule_epochs_and_steps():
-    sched = batch_schedule(np.random.default_rng(0), 7, 3, epochs=2, steps=None)
-    assert [len(b) for b in sched] == [3, 3, 1, 3, 3, 1]
-    assert sorted(np.concatenate(sched[:3]).tolist()) == list(range(7))
-    assert len(batch_schedule(np.random.default_rng(0), 7, 3, epochs=1, steps=5)) == 5
+    sched = batch_schedule(np.random.default_rng(0), 8, 3, epochs=2, steps=None)
+    assert [len(b) for b in sched] == [3, 3, 2, 3, 3, 2]
+    assert sorted(np.concatenate(sched[:3]).tolist()) == list(range(8))
+    assert len(batch_schedule(np.random.default_rng(0), 8, 3, epochs=1, steps=5)) == 5
+    # a lone last sample joins the batch before it (BatchNorm cannot train on one sample)
+    assert [len(b) for b in batch_schedule(np.random.default_rng(0), 7, 3, epochs=1, steps=None)] == [3, 4]
+    assert [len(b) for b in batch_schedule(np.random.default_rng(0), 1, 3, epochs=1, steps=None)] == [1]
 
 
 def _round(algo_cls, model, data, cohort, lr=0.1, mu=0.0, momentum=0.0):
@@ -201,7 +204,7 @@ def test_bn_local_keeps_bn_per_client_and_averages_the_rest():
 def test_client_result_reports_steps_and_samples():
     torch.manual_seed(0)
     _, _, results = _round(FedAvg, nn.Linear(4, 3), tiny_data(), [0, 1, 2])
-    assert [r.steps for r in results] == [[2], [3], [4]]
+    assert [r.steps for r in results] == [[1], [2], [4]]  # 3 -> [2+1 joined]; 5 -> [2, 3]; 8 -> 4x2
     assert [r.num_samples for r in results] == [3, 5, 8]
     assert all(isinstance(r, ClientResult) and np.isfinite(r.loss) for r in results)
     assert isinstance(ServerState(model={}).extra, dict)

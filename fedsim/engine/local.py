@@ -47,17 +47,17 @@ def batch_schedule(generator: np.random.Generator, n: int, batch_size: int, epoc
     """Positions into a client's index set, one array per local step.
 
     Each epoch is a fresh permutation cut into batches (the last one may be smaller, as a DataLoader
-    without drop_last); with `steps`, epochs follow each other until that many batches are taken.
+    without drop_last, except that a lone last sample joins the batch before it: BatchNorm cannot
+    train on one sample); with `steps`, epochs follow each other until that many batches are taken.
     """
+    cuts = list(range(0, n, batch_size)) + [n]
+    if len(cuts) > 2 and n - cuts[-2] == 1:
+        del cuts[-2]
     batches: list[np.ndarray] = []
-    while True:
+    for _ in range(epochs if steps is None else -(-steps // (len(cuts) - 1))):
         perm = generator.permutation(n)
-        for start in range(0, n, batch_size):
-            batches.append(perm[start : start + batch_size])
-            if steps is not None and len(batches) == steps:
-                return batches
-        if steps is None and len(batches) == epochs * -(-n // batch_size):
-            return batches
+        batches.extend(perm[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True))
+    return batches if steps is None else batches[:steps]
 
 
 def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phases: list[Phase],
