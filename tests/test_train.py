@@ -171,3 +171,25 @@ def test_bn_model_trains_and_buffers_stay_finite(tmp_path):
     df = fedsim.run(small(tmp_path, name="bn", model="cnn-bn", rounds=2, batch_size=16))
     assert df["test_accuracy"].iloc[-1] > 0.3
     assert torch.isfinite(torch.tensor(df["test_loss"].to_numpy())).all()
+
+
+def test_sigterm_stops_the_run_with_whole_rows_and_a_stopped_record(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim", "train", "--rounds", "100000", "--name", "k",
+                             "--out-dir", str(tmp_path), "--quiet", "--executor", "sequential"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    csv = tmp_path / "k.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not csv.exists() or len(csv.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    rows = pd.read_csv(csv)
+    assert len(rows) >= 2 and not rows.isna().any().any()
+    record = json.loads((tmp_path / "k.json").read_text())
+    assert record["status"] == "stopped" and record["summary"]["rounds_completed"] == rows["round"].iloc[-1]

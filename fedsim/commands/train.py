@@ -174,11 +174,21 @@ def _show_split(cfg) -> None:
 
 
 def _train(cfg) -> None:
+    out = stderr_console()
+    try:
+        df = _run_with_progress(cfg, out)
+    except KeyboardInterrupt:
+        out.print(f"stopped; the rows written so far are in {Path(cfg.out_dir) / (cfg.run_name() + '.csv')}")
+        raise typer.Exit(130) from None
+    if not cfg.quiet:
+        _print_summary(cfg, df)
+
+
+def _run_with_progress(cfg, out):
     import sys
 
     from fedsim.engine.run import run
 
-    out = stderr_console()
     if cfg.quiet:
         df = run(cfg)
     elif sys.stderr.isatty():
@@ -189,8 +199,7 @@ def _train(cfg) -> None:
                       f"train_loss {row['train_loss']:.4f}  personal_accuracy_mean "
                       f"{row['personal_accuracy_mean']:.4f}  {row['elapsed_seconds']:.1f}s")
         df = run(cfg, on_round=line)
-    if not cfg.quiet:
-        _print_summary(cfg, df)
+    return df
 
 
 def _run_with_bar(cfg, console):

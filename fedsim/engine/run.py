@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,14 +207,35 @@ def run(config: Config | None = None, *, on_round=None, **overrides):
     rows: list[dict] = []
     status, detail = "stopped", None
     try:
-        _round_loop(exp, writer, rows, on_round)
+        with _stop_on_sigterm():
+            _round_loop(exp, writer, rows, on_round)
         status = "finished"
     except DivergenceError as e:
         status, detail = "diverged", str(e)
         raise
+    except KeyboardInterrupt:
+        detail = f"stopped after round {rows[-1]['round'] if rows else 0}"
+        raise
     finally:
         writer.close(status, detail, _summary(rows))
     return pd.DataFrame(rows)
+
+
+@contextmanager
+def _stop_on_sigterm():
+    """A kill (SIGTERM) stops the run as Ctrl-C does: rows stay whole, the record says "stopped"."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _round_loop(exp: Experiment, writer: RunWriter, rows: list[dict], on_round) -> None:
