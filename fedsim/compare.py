@@ -280,7 +280,8 @@ def _partition_key(run: Run) -> str:
     cfg = run.config
     if cfg.get("partition"):  # a saved partition file: its record section says what is in it
         part = (run.record or {}).get("partition") or {}
-        scheme, param = part.get("scheme", "file"), part.get("param")
+        params = {k: v for k, v in (part.get("params") or {}).items() if k != "min_size"}
+        scheme, param = part.get("scheme", "file"), ",".join(_fmt_value(v) for v in params.values()) or None
     else:
         given = [(s, cfg.get(s)) for s in ("dirichlet", "shards", "labels", "quantity_skew")
                  if cfg.get(s) is not None]

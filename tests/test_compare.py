@@ -36,7 +36,9 @@ def write_run(directory, name, acc, *, seed=0, loss=None, elapsed=None, personal
     if record:
         cfg = Config(seed=seed, name=name, out_dir=str(directory), **{"rounds": 4, **config}).to_dict()
         rec = {"fedsim_version": "0.1.0", "torch_version": "2.14.1", "device": "cpu", "config": cfg,
-               "partition": {"hash": f"h{seed}", "scheme": part[0], "param": part[1], "num_clients": 10,
+               "partition": {"hash": f"h{seed}", "scheme": part[0],
+                             "params": {} if part[1] is None else {"alpha": part[1], "min_size": 10},
+                             "num_clients": 10,
                              "file": config.get("partition")},
                "executor": {"name": "sequential", "reason": "test"}, "status": status}
         if detail:

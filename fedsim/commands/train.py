@@ -9,6 +9,23 @@ from typing import Annotated
 import typer
 
 from fedsim.commands import stderr_console, user_errors
+from fedsim.commands.options import (
+    PARTITION,
+    ClientsOpt,
+    ClientTestFractionOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DirichletOpt,
+    DownloadOpt,
+    IidOpt,
+    LabelsOpt,
+    MinSizeOpt,
+    NaturalOpt,
+    PartitionSeedOpt,
+    QuantitySkewOpt,
+    SeedOpt,
+    ShardsOpt,
+)
 
 ALGOS_HELP = (
     "fedavg | fedprox (--mu) | scaffold (--server-lr) | fednova | fedavgm (--server-lr, --server-momentum) | "
@@ -28,7 +45,7 @@ class BN(StrEnum):
     local = "local"
 
 
-_DATA = "Data and partition"
+_DATA = "Data"
 _ALGO = "Model and algorithm"
 _ROUNDS = "Rounds and local training"
 _RUN = "Run and output"
@@ -38,33 +55,21 @@ def train(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="TOML file of options (same names); flags override it.",
                                                 rich_help_panel=_RUN)] = None,
-    dataset: Annotated[str, typer.Option(help="digits (embedded), mnist, fashion-mnist, emnist, cifar10, "
-                                         "cifar100, synthetic.", rich_help_panel=_DATA)] = "digits",
-    data_dir: Annotated[str | None, typer.Option(help="Folder holding the dataset (default $FEDSIM_DATA or "
-                                                 "./data).", rich_help_panel=_DATA)] = None,
-    download: Annotated[bool, typer.Option("--download", help="Let torchvision fetch missing files.",
-                                           rich_help_panel=_DATA)] = False,
-    partition: Annotated[str | None, typer.Option(help="Partition file written by `fedsim partition`.",
-                                                  rich_help_panel=_DATA)] = None,
-    clients: Annotated[int | None, typer.Option(help="Number of clients [default: 10; synthetic: 30].",
-                                                rich_help_panel=_DATA)] = None,
-    iid: Annotated[bool, typer.Option("--iid", help="IID split (the default scheme).",
-                                      rich_help_panel=_DATA)] = False,
-    dirichlet: Annotated[float | None, typer.Option(help="Per-class Dir(ALPHA) over clients.",
-                                                    rich_help_panel=_DATA)] = None,
-    shards: Annotated[int | None, typer.Option(help="S label-sorted shards per client (McMahan).",
-                                               rich_help_panel=_DATA)] = None,
-    labels: Annotated[int | None, typer.Option(help="K distinct labels per client (#C=K).",
-                                               rich_help_panel=_DATA)] = None,
-    quantity_skew: Annotated[float | None, typer.Option(help="Client sizes ~ Dir(BETA), labels IID.",
-                                                        rich_help_panel=_DATA)] = None,
-    natural: Annotated[bool, typer.Option("--natural", help="The dataset's own per-device split (synthetic).",
-                                          rich_help_panel=_DATA)] = False,
-    min_size: Annotated[int, typer.Option(help="Dirichlet/quantity skew: smallest client size.",
-                                          rich_help_panel=_DATA)] = 10,
-    client_test_fraction: Annotated[float | None, typer.Option(
-        help="Hold out this fraction of each client's own samples as its test slice.",
-        rich_help_panel=_DATA)] = None,
+    dataset: DatasetOpt = "digits",
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    partition: Annotated[str | None, typer.Option(help="Partition file written by `fedsim partition` (instead of "
+                                                  "a scheme).", rich_help_panel=PARTITION)] = None,
+    clients: ClientsOpt = None,
+    iid: IidOpt = False,
+    dirichlet: DirichletOpt = None,
+    shards: ShardsOpt = None,
+    labels: LabelsOpt = None,
+    quantity_skew: QuantitySkewOpt = None,
+    natural: NaturalOpt = False,
+    min_size: MinSizeOpt = 10,
+    client_test_fraction: ClientTestFractionOpt = None,
+    partition_seed: PartitionSeedOpt = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K.", rich_help_panel=_DATA)] = "auto",
     model: Annotated[str, typer.Option(help="mlp, cnn, cnn-bn, fedavgcnn, lenet5, logreg, or any torchvision "
                                        "classifier (resnet18, mobilenet_v3_small, vit_b_16, ...).",
@@ -77,7 +82,7 @@ def train(
     bn: Annotated[BN, typer.Option(help="BatchNorm state: global (averaged) or local (kept per client).",
                                    rich_help_panel=_ALGO)] = BN.global_,
     head: Annotated[str | None, typer.Option(help="Personalized FL: head module name(s), comma-separated "
-                                             "[default: the model's final classifier layer].",
+                                             "(default: the model's final classifier layer).",
                                              rich_help_panel=_ALGO)] = None,
     show_split: Annotated[bool, typer.Option("--show-split", help="Print the model's base/head split and exit.",
                                              rich_help_panel=_ALGO)] = False,
@@ -125,17 +130,14 @@ def train(
                                                      rich_help_panel=_RUN)] = None,
     compile: Annotated[bool, typer.Option("--compile", help="vmap: torch.compile the local step.",
                                           rich_help_panel=_RUN)] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch [default: 1].",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default 1).",
                                                 rich_help_panel=_RUN)] = None,
-    seed: Annotated[int, typer.Option(help="Root seed: model init, partition, sampling, batches.",
-                                      rich_help_panel=_RUN)] = 0,
-    partition_seed: Annotated[int | None, typer.Option(help="Seed of the on-the-fly partition "
-                                                       "[default: --seed].", rich_help_panel=_RUN)] = None,
+    seed: SeedOpt = 0,
     eval_every: Annotated[int, typer.Option(help="Evaluate (and write a CSV row) every N rounds.",
                                             rich_help_panel=_RUN)] = 1,
     out_dir: Annotated[str, typer.Option(help="Folder for <name>.csv and <name>.json.",
                                          rich_help_panel=_RUN)] = "results",
-    name: Annotated[str | None, typer.Option(help="Run name [default: <dataset>-<algo>-<model>-seed<seed>].",
+    name: Annotated[str | None, typer.Option(help="Run name (default <dataset>-<algo>-<model>-seed<seed>).",
                                              rich_help_panel=_RUN)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run of that name.",
                                             rich_help_panel=_RUN)] = False,

@@ -70,7 +70,7 @@ class Experiment:
 
 def setup(config: Config) -> Experiment:
     from fedsim.data.datasets import load_dataset
-    from fedsim.data.partition import build_partition, load_partition
+    from fedsim.data.partition import partition_for_config
     from fedsim.device import resolve_device
     from fedsim.models import bn_state_keys, build_model, find_head, split_state_keys
 
@@ -84,19 +84,7 @@ def setup(config: Config) -> Experiment:
     if config.clients is not None:
         options["devices"] = config.clients
     dataset = load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
-    if config.partition:
-        partition = load_partition(config.partition)
-        partition.check_matches(dataset)
-    else:
-        scheme, param = config.scheme
-        given = any(getattr(config, s) not in (None, False) for s in
-                    ("iid", "dirichlet", "shards", "labels", "quantity_skew", "natural"))
-        if not given and dataset.natural_train is not None:
-            scheme = "natural"
-        partition = build_partition(
-            dataset, scheme, config.clients if config.clients is not None else 10,
-            seed=config.seed if config.partition_seed is None else config.partition_seed, param=param,
-            min_size=config.min_size, client_test_fraction=config.client_test_fraction)
+    partition = partition_for_config(config, dataset)
     dataset.to(device)
     eligible = int((partition.train_sizes > 0).sum())
     if config.min_clients > eligible:
@@ -184,7 +172,7 @@ def run_record(exp: Experiment) -> dict:
         "device": str(exp.device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": exp.config.to_dict(),
-        "partition": {"hash": meta.get("sha256"), "scheme": meta.get("scheme"), "param": meta.get("param"),
+        "partition": {"hash": meta.get("sha256"), "scheme": meta.get("scheme"), "params": meta.get("params"),
                       "seed": meta.get("seed"), "num_clients": exp.partition.num_clients,
                       "file": exp.config.partition},
         "model": {"name": exp.config.model, "parameters": sum(p.numel() for p in exp.model.parameters())},
