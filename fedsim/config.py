@@ -42,7 +42,7 @@ class Config:
     mu: float = 0.01                     # FedProx proximal weight (0 = FedAvg)
     bn: str = "global"                   # global: BN state averaged; local: kept per client (FedBN)
     head: str | None = None              # personalized FL: head module name(s), comma-separated
-    server_lr: float = 1.0               # SCAFFOLD / server optimizers: global step size
+    server_lr: float | None = None       # server step size (default 1; FedAdam/FedYogi/FedAdagrad 0.01)
     server_momentum: float = 0.9         # FedAvgM
     server_beta1: float = 0.9            # FedAdam / FedYogi / FedAdagrad
     server_beta2: float = 0.99

@@ -135,6 +135,7 @@ def test_cli_train_and_toml_with_flag_override(tmp_path):
     (["--dirichlet", "0.5", "--shards", "2"], "one partition scheme"),
     (["--dirichlet", "0"], "alpha"),
     (["--clients", "5000"], "clients"),
+    (["--freeze-base"], "personalized algorithms"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     result = runner.invoke(app, ["train", "--rounds", "1", "--out-dir", str(tmp_path), "--quiet", *args])

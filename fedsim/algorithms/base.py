@@ -105,6 +105,7 @@ class FedAvg:
 
     name = "fedavg"
     needs_head = False  # personalized algorithms set this: the engine then finds the model's head
+    personalized = False  # keeps a personal model part per client (and honours --freeze-base)
     vmap_ok = True  # False: the algorithm needs per-client Python work the vmap executor cannot batch
 
     def __init__(self, config, keys: ModelKeys, num_clients: int = 1):

@@ -86,8 +86,9 @@ def train(
                                              rich_help_panel=_ALGO)] = None,
     show_split: Annotated[bool, typer.Option("--show-split", help="Print the model's base/head split and exit.",
                                              rich_help_panel=_ALGO)] = False,
-    server_lr: Annotated[float, typer.Option(help="SCAFFOLD, FedAvgM, FedAdam, FedYogi, FedAdagrad: server step "
-                                             "size.", rich_help_panel=_ALGO)] = 1.0,
+    server_lr: Annotated[float | None, typer.Option(help="SCAFFOLD, FedAvgM (default 1), FedAdam, FedYogi, "
+                                                    "FedAdagrad (default 0.01): server step size.",
+                                                    rich_help_panel=_ALGO)] = None,
     server_momentum: Annotated[float, typer.Option(help="FedAvgM: server momentum.",
                                                    rich_help_panel=_ALGO)] = 0.9,
     server_beta1: Annotated[float, typer.Option(help="FedAdam/FedYogi/FedAdagrad: first-moment decay.",

@@ -95,7 +95,10 @@ def setup(config: Config) -> Experiment:
     model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained)
     model.to(device)
     head = None
-    if getattr(algo_cls, "needs_head", False) or config.head:
+    if config.freeze_base and not algo_cls.personalized:
+        raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
+                          f"not {config.algo}")
+    if getattr(algo_cls, "needs_head", False) or config.head or config.freeze_base:
         head = split_state_keys(model, find_head(model, config.head))[1]
     keys = ModelKeys(params=[k for k, _ in model.named_parameters()],
                      buffers=[k for k, _ in model.named_buffers()], bn=list(bn_state_keys(model)), head=head)
@@ -151,7 +154,7 @@ def evaluate(exp: Experiment, server, store) -> dict:
         if state is None and global_correct is not None:
             per_client.append(global_correct[idx])
             continue
-        t = torch.from_numpy(idx).to(exp.device)
+        t = torch.as_tensor(np.array(idx), device=exp.device)
         per_client.append(predict(exp.model, state if state is not None else server.model, x[t], y[t])[1]
                           .cpu().numpy())
     personal = personal_summary(per_client)

@@ -1,0 +1,38 @@
+"""FedRep: Collins, Hassani, Mokhtari, Shakkottai, "Exploiting Shared Representations for Personalized
+Federated Learning", ICML 2021 (arXiv:2102.07078).
+
+Differs from FedPer only in local training, which alternates: first `--head-epochs` epochs on the head with
+the base frozen (from the received global base and the client's own head), then the local epochs
+(`--local-epochs` or `--local-steps`) on the base with the new head frozen. The base is averaged as FedAvg;
+the head stays with the client. Each phase starts a fresh client optimizer (PFLlib uses two optimizers).
+With --freeze-base only the head phase runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedsim.algorithms.base import Phase
+from fedsim.algorithms.fedper import FedPer
+from fedsim.errors import FedsimError
+
+
+@dataclass(frozen=True)
+class FedRepParams:
+    head_epochs: int = 1  # --head-epochs, >= 1: head-only epochs before the base epochs (PFLlib: 1)
+
+    def __post_init__(self):
+        if self.head_epochs < 1:
+            raise FedsimError(f"--head-epochs must be >= 1 (got {self.head_epochs})")
+
+
+class FedRep(FedPer):
+    name = "fedrep"
+
+    def __init__(self, config, keys, num_clients: int = 1):
+        super().__init__(config, keys, num_clients)
+        self.params = FedRepParams(head_epochs=config.head_epochs)
+
+    def phases(self):
+        head = Phase(trainable=self.head_params, epochs=self.params.head_epochs)
+        return [head] if self.personalization.freeze_base else [head, Phase(trainable=self.base_params)]

@@ -1,0 +1,96 @@
+"""SCAFFOLD: Karimireddy, Kale, Mohri, Reddi, Stich, Suresh, "SCAFFOLD: Stochastic Controlled Averaging
+for Federated Learning", ICML 2020 (arXiv:1910.06378).
+
+Differs from FedAvg by control variates: every local step uses the gradient g − c_i + c, where c (server)
+and c_i (client) estimate the global and the client's update directions, so client drift cancels out.
+
+What this file follows (the paper's Algorithm 1, option II):
+- local step on the corrected gradient g + (c − c_i), handed to the client optimizer. With --momentum the
+  correction therefore goes through the momentum buffer; NIID-Bench instead takes a momentum step on g and
+  then w −= lr·(c − c_i). The two agree for plain SGD.
+- c_i⁺ = c_i − c + (w_global − w_i)/(K·lr), K the local steps the client took, lr the round's client lr
+  (exact for plain SGD; with momentum or Adam it is the paper's approximation all the same).
+- server: c += (1/N)·Σ_{i∈S} Δc_i with N all clients; w += η_g·(mean of the clients' w_i − w).
+Deviation: the model mean is sample-weighted, as FedAvg and NIID-Bench weight it (the paper writes
+1/|S|, i.e. equal client sizes), so η_g = 1 with zero control variates is exactly FedAvg.
+Control variates cover the shared parameters (not buffers; not BN layers kept local by --bn local);
+c_i is stored only for clients that trained, and counted in the bytes sent both ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from fedsim.algorithms.base import ClientJob, FedAvg, Phase
+from fedsim.engine.state import clone, num_bytes, weighted_mean
+from fedsim.errors import FedsimError
+
+
+@dataclass(frozen=True)
+class ScaffoldParams:
+    server_lr: float = 1.0  # η_g (--server-lr), > 0; the paper uses 1. SCAFFOLD has no FedAvg value: with
+    #                         η_g = 1 it equals FedAvg only while c = c_i = 0 (the first round)
+
+    def __post_init__(self):
+        if not self.server_lr > 0:
+            raise FedsimError(f"--server-lr must be > 0 (got {self.server_lr})")
+
+
+def _corrected(grads: dict, ctx: dict) -> dict:
+    """g + (c − c_i) on the parameters that have control variates."""
+    diff = ctx["c_diff"]
+    return {k: g + diff[k] if k in diff else g for k, g in grads.items()}
+
+
+class Scaffold(FedAvg):
+    name = "scaffold"
+
+    def __init__(self, config, keys, num_clients: int = 1):
+        super().__init__(config, keys, num_clients)
+        self.params = ScaffoldParams(server_lr=1.0 if config.server_lr is None else config.server_lr)
+
+    def _zeros(self, state):
+        return {k: torch.zeros_like(state[k]) for k in self.shared_params}
+
+    def init_server(self, initial):
+        server = super().init_server(initial)
+        server.extra["c"] = self._zeros(initial)
+        return server
+
+    def personal_initial(self, initial):
+        # a client's entry: its personal model part (--bn local) and its control variate c_i
+        return {"model": super().personal_initial(initial), "c": self._zeros(initial)}
+
+    def phases(self):
+        return [Phase(correction=_corrected)]
+
+    def client_job(self, server, store, client):
+        entry, c = store.get(client), server.extra["c"]
+        start = {**clone(server.model, self.shared), **clone(entry["model"])}
+        return ClientJob(client, start, {"c_diff": {k: c[k] - entry["c"][k] for k in c}})
+
+    def client_finish(self, server, store, result):
+        c, c_i, w = server.extra["c"], store.get(result.client)["c"], result.states[-1]
+        scale = 1.0 / (sum(result.steps) * result.lr)
+        new = {k: c_i[k] - c[k] + (server.model[k] - w[k]) * scale for k in c}
+        result.extra["dc"] = {k: new[k] - c_i[k] for k in c}
+        store.put(result.client, {"model": {k: w[k] for k in self.personal}, "c": new})
+
+    def aggregate(self, server, results):
+        eta = self.params.server_lr
+        mean = weighted_mean([r.states[-1] for r in results], [r.num_samples for r in results], self.shared)
+        if eta != 1:
+            mean.update({k: server.model[k] + eta * (mean[k] - server.model[k]) for k in self.shared_params})
+        c = {k: v + sum(r.extra["dc"][k] for r in results) / self.num_clients for k, v in server.extra["c"].items()}
+        return replace(server, model={**server.model, **mean}, extra={**server.extra, "c": c})
+
+    def personal_model(self, server, store, client):
+        return {**server.model, **store.get(client)["model"]} if self.personal else None
+
+    def bytes_down(self, server):  # the model and c
+        return super().bytes_down(server) + num_bytes(server.extra["c"], server.extra["c"])
+
+    def bytes_up(self, server):  # the model and Δc_i
+        return super().bytes_up(server) + num_bytes(server.extra["c"], server.extra["c"])
