@@ -60,6 +60,23 @@ def batch_schedule(generator: np.random.Generator, n: int, batch_size: int, epoc
     return batches if steps is None else batches[:steps]
 
 
+def client_objective(model: torch.nn.Module, phase: Phase, params: dict, rest: dict, x: torch.Tensor,
+                     y: torch.Tensor, ctx: dict, weight: torch.Tensor | None = None):
+    """One client's (objective, data loss) on a batch: the phase's loss (default: cross-entropy) plus its penalty.
+
+    `weight` (0/1 per row) marks the real rows of a padded batch (vmap executor): the cross-entropy is then the
+    mean over those rows only.
+    """
+    state = {**params, **rest}
+    if phase.loss is not None:
+        loss = phase.loss(model, state, x, y, ctx)
+    elif weight is None:
+        loss = F.cross_entropy(functional_call(model, state, (x,)), y)
+    else:
+        loss = (F.cross_entropy(functional_call(model, state, (x,)), y, reduction="none") * weight).sum() / weight.sum()
+    return (loss if phase.penalty is None else loss + phase.penalty(params, ctx)), loss
+
+
 def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phases: list[Phase],
                  job: ClientJob, round: int, lr: float) -> ClientResult:
     """Run the algorithm's phases for one client; returns its state after each phase."""
@@ -87,11 +104,7 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
             idx = order[start : start + len(batch)]
             start += len(batch)
             params = {k: p.detach().requires_grad_() for k, p in params.items()}
-            if phase.loss is None:
-                loss = F.cross_entropy(functional_call(model, {**params, **rest}, (data.x[idx],)), data.y[idx])
-            else:
-                loss = phase.loss(model, {**params, **rest}, data.x[idx], data.y[idx], job.ctx)
-            objective = loss if phase.penalty is None else loss + phase.penalty(params, job.ctx)
+            objective, loss = client_objective(model, phase, params, rest, data.x[idx], data.y[idx], job.ctx)
             grads = dict(zip(params, torch.autograd.grad(objective, list(params.values())), strict=True))
             if phase.correction is not None:
                 grads = phase.correction(grads, job.ctx)

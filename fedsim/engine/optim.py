@@ -74,6 +74,39 @@ class OptimizerSpec:
         new_state.update(m=ms, v=vs)
         return new_params, new_state
 
+    def step_(self, params: dict, grads: dict, state: dict, lr: float) -> dict:
+        """`step` in place with torch._foreach ops, for an executor that owns its tensors (vmap: K
+        clients stacked). Updates `params` and the state's tensors; returns the new state. Same rules."""
+        t, keys = state["step"] + 1, list(params)
+        p, g = [params[k] for k in keys], [grads[k] for k in keys]
+        if self.weight_decay and self.name != "adamw":
+            g = torch._foreach_add(g, p, alpha=self.weight_decay)
+        if self.name == "sgd":
+            if not self.momentum:
+                torch._foreach_add_(p, g, alpha=-lr)
+                return {"step": t}
+            if t == 1:  # torch.optim.SGD: the buffer starts as the first gradient itself
+                buf = [x.clone() for x in g]
+            else:
+                buf = [state["buf"][k] for k in keys]
+                torch._foreach_mul_(buf, self.momentum)
+                torch._foreach_add_(buf, g)
+            torch._foreach_add_(p, torch._foreach_add(g, buf, alpha=self.momentum) if self.nesterov else buf,
+                                alpha=-lr)
+            return {"step": t, "buf": dict(zip(keys, buf, strict=True))}
+        b1, b2 = self.betas
+        if self.name == "adamw":
+            torch._foreach_mul_(p, 1 - lr * self.weight_decay)
+        m, v = [state["m"][k] for k in keys], [state["v"][k] for k in keys]
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, g, alpha=1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, g, g, value=1 - b2)
+        denom = torch._foreach_sqrt(torch._foreach_div(v, 1 - b2**t))
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(p, m, denom, value=-lr / (1 - b1**t))
+        return {"step": t, "m": state["m"], "v": state["v"]}
+
 
 def clip_by_global_norm(grads: dict, max_norm: float | None) -> dict:
     """torch.nn.utils.clip_grad_norm_'s rule, functionally."""

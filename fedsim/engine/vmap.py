@@ -1,0 +1,237 @@
+"""The fast path: the whole cohort trained at once with torch.func.vmap over stacked client states.
+
+It does exactly the work of SequentialExecutor (local.py, the reference): the same batches from the same
+keyed generators, the same optimizer math, clipping and phase hooks, client by client. How batching keeps
+that exact:
+
+- Stacking: each client's state, and each ctx tensor that differs between clients, gets a leading cohort
+  dimension; ctx tensors every job shares (FedProx's global weights) go in once, unbatched. One step is
+  one index gather `data.x[idx]` with idx of shape (clients, batch) and one vmapped grad of the
+  functional model.
+- Unequal step counts: clients are sorted by size, largest first, so the clients still training are always
+  a prefix of the stack, and each step works on views of that prefix. A client that has taken all its steps
+  drops out of the prefix, so it takes no step it would not take alone: its parameters, optimizer state and
+  step count stay as they were. All clients in the prefix have taken the same number of steps, so the step
+  counter is one number.
+- Partial batches (the last batch of an epoch): batches are padded to the widest batch with a 0/1 mask, and
+  the cross-entropy is the mask-weighted mean, i.e. F.cross_entropy over the real rows. A phase with its
+  own `loss` gets no padded rows: a step whose real batch sizes differ runs once per size.
+- The optimizer updates the stacked parameters in place (`OptimizerSpec.step_`, torch._foreach ops): with
+  K clients stacked, out-of-place updates allocate K-times-model-sized temporaries every step.
+
+Memory grows with the chunk (`chunk` clients at once), not with the cohort. `compile=True` wraps the
+vmapped gradient in torch.compile: one compile per distinct stack size (a full chunk; then, as clients
+finish, one dynamic-size graph and one for a single client).
+
+Models with BatchNorm or dropout, and algorithms with `vmap_ok = False`, stay with the sequential executor
+(`vmap_unsupported_reason`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import grad, vmap
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from fedsim.algorithms.base import ClientJob, ClientResult, Phase
+from fedsim.engine import rng
+from fedsim.engine.local import ClientData, LocalSpec, batch_schedule, client_objective
+from fedsim.engine.optim import clip_by_global_norm
+
+
+def vmap_unsupported_reason(model: nn.Module, algorithm=None) -> str | None:
+    """Why the vmap executor cannot give the sequential executor's numbers here; None when it can."""
+    if algorithm is not None and not getattr(algorithm, "vmap_ok", True):
+        return f"the algorithm {getattr(algorithm, 'name', type(algorithm).__name__)} needs per-client work " \
+               "that vmap cannot batch (vmap_ok = False)"
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) or \
+                (isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats):
+            return f"the model has BatchNorm layers ({name}: running statistics are updated in place, " \
+                   "and padded rows would enter the batch statistics)"
+        p = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else getattr(m, "dropout", 0.0)
+        if isinstance(p, float) and p > 0:
+            return f"the model has dropout ({name or type(m).__name__}: its random masks would differ from the " \
+                   "sequential executor's)"
+    return None
+
+
+def _head(tree, n: int, dims=None):
+    """The first n clients of every stacked tensor in `tree` (leaves with dim None are shared, kept)."""
+    if dims is None:
+        return tree_map(lambda t: t[:n] if isinstance(t, torch.Tensor) else t, tree)
+    return tree_map(lambda t, d: t if d is None else t[:n], tree, dims)
+
+
+def _take(tree, sel: torch.Tensor, dims=None):
+    if dims is None:
+        return tree_map(lambda t: t[sel] if isinstance(t, torch.Tensor) else t, tree)
+    return tree_map(lambda t, d: t if d is None else t[sel], tree, dims)
+
+
+def _stack_ctx(jobs: list[ClientJob]):
+    """The jobs' ctx as one tree: tensors shared by every job stay unbatched (in_dim None), others stack."""
+    flat = [tree_flatten(job.ctx) for job in jobs]
+    spec = flat[0][1]
+    if any(s != spec for _, s in flat):
+        raise ValueError("the vmap executor needs every client's ctx to have the same structure")
+    leaves, dims = [], []
+    for column in zip(*(f[0] for f in flat), strict=True):
+        first = column[0]
+        if not isinstance(first, torch.Tensor) or all(c is first for c in column):
+            leaves.append(first)
+            dims.append(None)
+        else:
+            leaves.append(torch.stack(column))
+            dims.append(0)
+    return tree_unflatten(leaves, spec), tree_unflatten(dims, spec)
+
+
+def _stack(states: list[dict]) -> dict:
+    return {k: torch.stack([s[k] for s in states]) for k in states[0]}
+
+
+def default_chunk(model: nn.Module, data: ClientData, spec: LocalSpec, cohort: int) -> int:
+    """Clients trained together: the whole cohort on CPU; on CUDA as many as half the free memory holds."""
+    if data.x.device.type != "cuda":
+        return cohort
+    free, _ = torch.cuda.mem_get_info(data.x.device)
+    state = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    slots = {"sgd": 1 if spec.optimizer.momentum else 0}.get(spec.optimizer.name, 2)
+    sample = data.x[:1].numel() * data.x.element_size()
+    # per client: state, params copy, grads, optimizer slots, the result; activations ~ 64 inputs per row
+    per_client = state * (4 + slots) + spec.batch_size * sample * 64
+    return max(1, min(cohort, int(0.5 * free // per_client)))
+
+
+class VmapExecutor:
+    """Trains the cohort together: torch.func.vmap over stacked states, in chunks of `chunk` clients."""
+
+    name = "vmap"
+
+    def __init__(self, model: nn.Module, data: ClientData, spec: LocalSpec, chunk: int | None = None,
+                 compile: bool = False):
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"--cohort-chunk must be >= 1 (got {chunk})")
+        self.model, self.data, self.spec, self.chunk, self.compile = model, data, spec, chunk, compile
+        self.param_names = [k for k, _ in model.named_parameters()]
+        self.reason = "trains the cohort together with torch.func.vmap " + \
+            (f"(chunks of {chunk})" if chunk else "(whole cohort; chunks by free memory on CUDA)") + \
+            (", torch.compile'd step" if compile else "")
+
+    def train(self, phases: list[Phase], jobs: list[ClientJob], round: int, lr: float) -> list[ClientResult]:
+        if not jobs:
+            return []
+        self.model.train()
+        order = sorted(range(len(jobs)), key=lambda i: -self.data.size(jobs[i].client))  # stable
+        chunk = self.chunk or default_chunk(self.model, self.data, self.spec, len(jobs))
+        results: list[ClientResult | None] = [None] * len(jobs)
+        for lo in range(0, len(order), chunk):
+            part = order[lo : lo + chunk]
+            for i, res in zip(part, self._train_chunk(phases, [jobs[i] for i in part], round, lr), strict=True):
+                results[i] = res
+        # leave torch's global generator as the sequential executor does (it seeds it for each client in turn)
+        torch.manual_seed(rng.keyed_torch_seed(self.spec.seed, round, jobs[-1].client))
+        return results
+
+    def _train_chunk(self, phases, jobs, round, lr) -> list[ClientResult]:
+        spec, dev = self.spec, self.data.x.device
+        sizes = [self.data.size(job.client) for job in jobs]
+        gens = [rng.keyed_rng(rng.BATCHES, spec.seed, round, job.client) for job in jobs]
+        ctx, ctx_dims = _stack_ctx(jobs)
+        state = _stack([job.start for job in jobs])
+        loss_sum = torch.zeros(len(jobs), device=dev)
+        last_finite = torch.full((len(jobs),), float("nan"), device=dev)
+        states, steps = [], []
+        for phase in phases:
+            if phase.start is not None:
+                state = _stack([job.ctx[phase.start] for job in jobs])
+            schedules = [batch_schedule(g, n, spec.batch_size, phase.epochs or spec.epochs,
+                                        None if phase.epochs else spec.steps) for g, n in zip(gens, sizes, strict=True)]
+            params = {k: state[k] for k in self.param_names if phase.trainable is None or k in phase.trainable}
+            rest = {k: v for k, v in state.items() if k not in params}
+            params = self._train_phase(phase, jobs, schedules, params, rest, ctx, ctx_dims, lr, loss_sum,
+                                       last_finite)
+            state = {**rest, **params}
+            states.append(state)
+            steps.append([len(s) for s in schedules])
+        loss_sum, last_finite = loss_sum.tolist(), last_finite.tolist()
+        return [ClientResult(job.client, sizes[i], [{k: v[i].clone() for k, v in s.items()} for s in states],
+                             [st[i] for st in steps], loss_sum[i] / max(sum(st[i] for st in steps), 1),
+                             last_finite[i], lr)
+                for i, job in enumerate(jobs)]
+
+    def _batches(self, jobs, schedules):
+        """Sample indices (steps, clients, width), padded, and the real batch sizes (steps, clients)."""
+        width = max((len(b) for sched in schedules for b in sched), default=1)  # a lone last sample joins a batch
+        pos = np.zeros((max(map(len, schedules), default=0), len(jobs), width), dtype=np.int64)
+        counts = np.zeros(pos.shape[:2], dtype=np.int64)
+        for c, sched in enumerate(schedules):
+            for s, batch in enumerate(sched):
+                pos[s, c, : len(batch)] = batch
+                counts[s, c] = len(batch)
+        pos = torch.from_numpy(pos).to(self.data.indices.device)
+        idx = torch.stack([self.data.of(job.client)[pos[:, c]] if self.data.size(job.client) else pos[:, c]
+                           for c, job in enumerate(jobs)], dim=1)
+        return idx, counts
+
+    def _train_phase(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr, loss_sum, last_finite):
+        """Train the stacked `params` (copied, then updated in place); returns them after the phase."""
+        spec, data = self.spec, self.data
+        idx, counts = self._batches(jobs, schedules)
+        mask = torch.from_numpy(np.arange(idx.shape[-1]) < counts[..., None]).to(data.x.device, torch.float32)
+        num_steps = np.array([len(s) for s in schedules])
+        assert (np.diff(num_steps) <= 0).all(), "clients must come largest first: finished ones leave the stack's end"
+        step_fn = self._grad_fn(phase, ctx_dims)
+        params = {k: p.clone() for k, p in params.items()}
+        live, opt_state, active = params, spec.optimizer.init(params), len(jobs)
+        for s in range(len(idx)):
+            now = int((num_steps > s).sum())
+            if now < active:  # clients [now, active) took all their steps: they leave the stack, untouched
+                live, opt_state, rest = _head(live, now), _head(opt_state, now), _head(rest, now)
+                ctx, active = _head(ctx, now, ctx_dims), now
+            i, n = idx[s, :active], counts[s, :active]
+            x, y, w = data.x[i], data.y[i], mask[s, :active]
+            if phase.loss is None:
+                grads, loss = step_fn(live, rest, x, y, ctx, w)
+            elif (n == n[0]).all():  # a custom loss sees only real rows
+                grads, loss = step_fn(live, rest, x[:, : n[0]], y[:, : n[0]], ctx, w[:, : n[0]])
+            else:  # ... so a step whose batch sizes differ runs once per size
+                grads, loss = self._grouped(phase, ctx_dims, live, rest, ctx, x, y, w, n)
+            with torch.no_grad():
+                opt_state = spec.optimizer.step_(live, grads, opt_state, lr)
+            loss = loss.detach()
+            loss_sum[:active] += loss
+            last_finite[:active] = torch.where(torch.isfinite(loss), loss, last_finite[:active])
+        return params
+
+    def _grouped(self, phase, ctx_dims, params, rest, ctx, x, y, w, n):
+        fn = self._grad_fn(phase, ctx_dims, compile=False)
+        grads, loss = {k: torch.empty_like(p) for k, p in params.items()}, torch.empty(len(n), device=x.device)
+        for size in np.unique(n):
+            sel = torch.from_numpy(np.flatnonzero(n == size)).to(x.device)
+            g, lo = fn(_take(params, sel), _take(rest, sel), x[sel, :size], y[sel, :size], _take(ctx, sel, ctx_dims),
+                       w[sel, :size])
+            for k in grads:
+                grads[k][sel] = g[k]
+            loss[sel] = lo
+        return grads, loss
+
+    def _grad_fn(self, phase: Phase, ctx_dims, compile: bool | None = None):
+        """vmap over clients of: grad of (loss + penalty) w.r.t. the trainable params, corrected, clipped."""
+        model, clip = self.model, self.spec.clip
+
+        def client_grad(params, rest, x, y, ctx, w):
+            grads, loss = grad(partial(client_objective, model, phase), has_aux=True)(params, rest, x, y, ctx, w)
+            if phase.correction is not None:
+                grads = phase.correction(grads, ctx)
+            return clip_by_global_norm(grads, clip), loss
+
+        fn = vmap(client_grad, in_dims=(0, 0, 0, 0, ctx_dims, 0))
+        if not (self.compile if compile is None else compile):
+            return fn
+        return torch.compile(fn, dynamic=None)

@@ -1,0 +1,310 @@
+"""Seconds per FedAvg round: fedsim's executors against a plain PyTorch loop and Flower, in one process.
+
+    python scripts/benchmark.py [--workload w-small|w|w-large] [--rounds N] [--device cpu|cuda] [--flower]
+
+Workloads (McMahan et al.'s MNIST setting): 100 clients x 600 samples, 10 clients a round, 1 local epoch,
+batch 10, SGD lr 0.05; w-small trains the `mlp`, w the `cnn`; w-large (for a GPU) has 1,000 clients and
+100 a round. The data are random tensors of MNIST's shape (1, 28, 28) with 10 classes: this measures
+speed, not accuracy. fedsim and the plain loop train the same cohorts (Flower samples its own, the same
+number); fedsim's engine is driven directly (ClientData, LocalSpec, executors, FedAvg), so rounds are
+timed, not setup.
+
+Reported per method: the median seconds of `--rounds` timed rounds after one warm-up round; that time
+over a one-model loop (a round's worth of plain-torch SGD steps at batch 10 on one model, 600; 6,000 for
+w-large; timed in the same run); peak memory while the method ran (RSS, or CUDA max allocated); start-up (the
+warm-up round, compile included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import resource
+import statistics
+import time
+from datetime import date
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from fedsim.algorithms.base import ClientStore, FedAvg, ModelKeys
+from fedsim.config import Config
+from fedsim.engine import rng
+from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
+from fedsim.engine.optim import OptimizerSpec
+from fedsim.engine.state import model_state
+from fedsim.engine.vmap import VmapExecutor
+from fedsim.models import build_model
+
+WORKLOADS = {  # model, clients, samples per client, clients per round
+    "w-small": ("mlp", 100, 600, 10),
+    "w": ("cnn", 100, 600, 10),
+    "w-large": ("cnn", 1000, 600, 100),
+}
+BATCH, LR, SEED = 10, 0.05, 0
+
+
+class Memory:
+    """Peak memory of one method: CUDA max allocated, or the process's peak RSS reset before it (Linux)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM, the peak RSS
+        except OSError:
+            pass
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def malloc_tune() -> None:
+    """Large tensors (a K-stacked gradient is megabytes) then reuse freed heap memory instead of getting fresh
+    pages from the OS every step, as jemalloc/tcmalloc would; the same for every method in this process."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Workload:
+    def __init__(self, name: str, device: torch.device):
+        self.name, self.device = name, device
+        self.model_name, self.num_clients, self.per_client, self.cohort_size = WORKLOADS[name]
+        g = torch.Generator().manual_seed(SEED)
+        n = self.num_clients * self.per_client
+        self.x = torch.randn(n, 1, 28, 28, generator=g).to(device)
+        self.y = torch.randint(0, 10, (n,), generator=g).to(device)
+        self.index = torch.randperm(n, generator=g).to(device)
+        self.offsets = np.arange(self.num_clients + 1) * self.per_client
+        torch.manual_seed(SEED)
+        self.model = build_model(self.model_name, (1, 28, 28), 10).to(device)
+
+    def cohort(self, round: int) -> list[int]:
+        chosen = rng.keyed_rng(rng.COHORT, SEED, round).choice(self.num_clients, self.cohort_size, replace=False)
+        return sorted(int(c) for c in chosen)
+
+    def client_indices(self, c: int) -> torch.Tensor:
+        return self.index[self.offsets[c] : self.offsets[c + 1]]
+
+
+def fedsim_method(w: Workload, executor_fn):
+    """A round function driving fedsim's engine: jobs from FedAvg, the executor, FedAvg's aggregation."""
+    model = copy.deepcopy(w.model)
+    keys = ModelKeys([k for k, _ in model.named_parameters()], [k for k, _ in model.named_buffers()], [])
+    algo = FedAvg(Config(), keys)
+    data = ClientData(w.x, w.y, w.index, w.offsets)
+    spec = LocalSpec(OptimizerSpec("sgd", LR), BATCH, epochs=1, seed=SEED)
+    executor = executor_fn(model, data, spec)
+    server = [algo.init_server(model_state(model))]
+    store = ClientStore({})
+
+    def round_fn(r: int):
+        jobs = [algo.client_job(server[0], store, c) for c in w.cohort(r)]
+        server[0] = algo.aggregate(server[0], executor.train(algo.phases(), jobs, r, LR))
+
+    return round_fn
+
+
+def plain_torch_method(w: Workload):
+    """FedAvg as users write it: a deepcopy per client, a DataLoader over a Subset, optimizer.step()."""
+    global_model = copy.deepcopy(w.model)
+    dataset = TensorDataset(w.x, w.y)
+
+    def round_fn(r: int):
+        states, sizes = [], []
+        for c in w.cohort(r):
+            model = copy.deepcopy(global_model)
+            model.train()
+            opt = torch.optim.SGD(model.parameters(), lr=LR)
+            loader = DataLoader(Subset(dataset, w.client_indices(c).tolist()), batch_size=BATCH, shuffle=True)
+            for xb, yb in loader:
+                opt.zero_grad()
+                F.cross_entropy(model(xb), yb).backward()
+                opt.step()
+            states.append(model.state_dict())
+            sizes.append(w.per_client)
+        total = sum(sizes)
+        global_model.load_state_dict({k: sum(s[k] * (n / total) for s, n in zip(states, sizes, strict=True))
+                                      for k in states[0]})
+
+    return round_fn
+
+
+def one_model_loop(w: Workload, steps: int) -> float:
+    """Seconds for `steps` plain-torch SGD steps at batch 10 on one model (the unit of the ratio column)."""
+    model = copy.deepcopy(w.model)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    order = torch.randint(0, len(w.x), (steps, BATCH), device=w.device)
+    times = []
+    for _ in range(3):
+        sync(w.device)
+        start = time.perf_counter()
+        for i in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(model(w.x[order[i]]), w.y[order[i]]).backward()
+            opt.step()
+        sync(w.device)
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def flower_method(w: Workload, rounds: int):
+    """Flower's simulation engine (Ray), the same clients and model; returns (startup, per-round times)."""
+    import flwr as fl
+
+    # what the clients need, on the CPU (shipped to Ray's workers); batches go to the device there
+    dataset, index, offsets = TensorDataset(w.x.cpu(), w.y.cpu()), w.index.cpu(), w.offsets
+    template, device = copy.deepcopy(w.model).cpu(), w.device
+
+    def get(model):
+        return [v.detach().cpu().numpy() for v in model.state_dict().values()]
+
+    def put(model, arrays):
+        model.load_state_dict({k: torch.from_numpy(a) for k, a in zip(model.state_dict(), arrays, strict=True)})
+
+    class Client(fl.client.NumPyClient):
+        def __init__(self, cid: int):
+            self.cid = cid
+
+        def fit(self, parameters, config):
+            model = copy.deepcopy(template)
+            put(model, parameters)
+            model.to(device)
+            opt = torch.optim.SGD(model.parameters(), lr=LR)
+            idx = index[offsets[self.cid] : offsets[self.cid + 1]].tolist()
+            for xb, yb in DataLoader(Subset(dataset, idx), batch_size=BATCH, shuffle=True):
+                opt.zero_grad()
+                F.cross_entropy(model(xb.to(device)), yb.to(device)).backward()
+                opt.step()
+            return get(model), len(idx), {}
+
+    stamps = []
+
+    class Strategy(fl.server.strategy.FedAvg):
+        def aggregate_fit(self, server_round, results, failures):
+            out = super().aggregate_fit(server_round, results, failures)
+            stamps.append(time.perf_counter())
+            return out
+
+    strategy = Strategy(fraction_fit=w.cohort_size / w.num_clients, fraction_evaluate=0.0,
+                        min_fit_clients=w.cohort_size, min_available_clients=w.num_clients,
+                        initial_parameters=fl.common.ndarrays_to_parameters(get(template)))
+    def client_fn(context):  # flwr >= 1.13 passes a Context, older versions the client id
+        return Client(int(context if isinstance(context, str) else context.node_config["partition-id"])).to_client()
+
+    start = time.perf_counter()
+    fl.simulation.start_simulation(client_fn=client_fn, num_clients=w.num_clients,
+                                   config=fl.server.ServerConfig(num_rounds=rounds + 1), strategy=strategy,
+                                   client_resources={"num_cpus": 1, "num_gpus": 0.1 if device.type == "cuda" else 0.0})
+    times = np.diff([start, *stamps])
+    return float(times[0]), [float(t) for t in times[1:]]
+
+
+def time_rounds(round_fn, rounds: int, device: torch.device) -> tuple[float, list[float]]:
+    times = []
+    for r in range(1, rounds + 2):
+        sync(device)
+        start = time.perf_counter()
+        round_fn(r)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times[0], times[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=list(WORKLOADS), default="w-small")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round (>= 5)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--flower", action="store_true", help="also time Flower's simulation (flwr[simulation])")
+    parser.add_argument("--chunk", type=int, default=None, help="vmap: clients per chunk (default: automatic)")
+    parser.add_argument("--skip", default="", help="comma-separated methods to leave out, e.g. 'plain,compile'")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (fedsim.run uses 1 on CPU)")
+    parser.add_argument("--malloc-tune", action="store_true",
+                        help="glibc: keep freed memory instead of returning it to the OS (fewer page faults)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.malloc_tune:
+        malloc_tune()
+    device = torch.device(args.device)
+    w = Workload(args.workload, device)
+    memory = Memory(device)
+    steps = w.cohort_size * (w.per_client // BATCH)  # one round's worth of local steps
+    skip = set(filter(None, args.skip.split(",")))
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cpu = f"{cpu} ({os.cpu_count()} cores)"
+    print(f"fedsim benchmark {args.workload}: model {w.model_name}, {w.num_clients} clients x {w.per_client} "
+          f"random (1,28,28) samples, {w.cohort_size} a round, 1 epoch, batch {BATCH}, SGD lr {LR}")
+    print(f"{date.today()}  torch {torch.__version__}  device {device}  threads {torch.get_num_threads()}  "
+          f"cpu {cpu}  {args.rounds} timed rounds after 1 warm-up{'  malloc tuned' if args.malloc_tune else ''}")
+
+    memory.reset()
+    unit = one_model_loop(w, steps)
+    rows = [("one-model loop (unit)", unit, [unit], memory.peak_mb(), float("nan"))]
+    methods = [
+        ("sequential", "fedsim sequential", lambda: fedsim_method(w, SequentialExecutor)),
+        ("vmap", "fedsim vmap", lambda: fedsim_method(w, lambda m, d, s: VmapExecutor(m, d, s, chunk=args.chunk))),
+        ("compile", "fedsim vmap --compile",
+         lambda: fedsim_method(w, lambda m, d, s: VmapExecutor(m, d, s, chunk=args.chunk, compile=True))),
+        ("plain", "plain PyTorch loop", lambda: plain_torch_method(w)),
+    ]
+    for key, label, make in methods:
+        if key in skip:
+            continue
+        memory.reset()
+        startup, times = time_rounds(make(), args.rounds, device)
+        rows.append((label, statistics.median(times), times, memory.peak_mb(), startup))
+        print(f"  {label}: {statistics.median(times):.3f} s/round", flush=True)
+    if args.flower:
+        try:
+            import flwr  # noqa: F401
+        except ImportError:
+            print("Flower: skipped: flwr not installed (pip install 'flwr[simulation]' in a separate venv)")
+        else:
+            memory.reset()
+            startup, times = flower_method(w, args.rounds)
+            rows.append(("Flower simulation", statistics.median(times), times, memory.peak_mb(), startup))
+
+    mem = "peak CUDA MB" if device.type == "cuda" else "peak RSS MB"
+    print(f"\n| method | s/round (median) | x one-model loop | {mem} | start-up s (1st round) | rounds (s) |")
+    print("|---|---|---|---|---|---|")
+    for label, med, times, peak, startup in rows:
+        print(f"| {label} | {med:.3f} | {med / unit:.2f} | {peak:.0f} | {startup:.2f} | "
+              f"{' '.join(f'{t:.2f}' for t in times)} |")
+    if device.type == "cpu":
+        print("peak RSS: the whole process while the method ran (torch and the data come first, the one-model loop "
+              "shows that base); Flower: its driver process only (Ray's workers are separate processes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""The vmap executor gives the sequential executor's numbers: unequal client sizes, every optimizer and hook."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedsim.algorithms.base import ClientJob, ClientStore, FedAvg, ModelKeys, Phase, proximal_penalty
+from fedsim.algorithms.fedprox import FedProx
+from fedsim.config import Config
+from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
+from fedsim.engine.optim import OptimizerSpec
+from fedsim.engine.state import model_state
+from fedsim.engine.vmap import VmapExecutor, vmap_unsupported_reason
+
+SIZES = (3, 7, 11, 12, 5)  # batch 5: [3], [5, 2], [5, 6] (a lone last sample joins), [5, 5, 2], [5]
+TOL = 1e-5
+
+
+def tiny_data(sizes=SIZES, dim=6, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, dim, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    perm = torch.randperm(n, generator=g)  # clients own scattered samples, not ranges
+    return ClientData(x, y, perm, np.concatenate([[0], np.cumsum(sizes)]))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim=6, classes=4):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, 8)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.fc1(x)))
+
+
+def keys_of(model):
+    return ModelKeys([k for k, _ in model.named_parameters()], [k for k, _ in model.named_buffers()], [])
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| relative to the tensor's scale."""
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def run_both(model, phases, jobs_fn, spec, lr=0.1, chunk=None, round=1):
+    data = tiny_data()
+    seq = SequentialExecutor(model, data, spec).train(phases, jobs_fn(), round, lr)
+    vec = VmapExecutor(model, data, spec, chunk=chunk).train(phases, jobs_fn(), round, lr)
+    return seq, vec
+
+
+def assert_same(seq, vec, tol=TOL) -> float:
+    worst = 0.0
+    for a, b in zip(seq, vec, strict=True):
+        assert (a.client, a.num_samples, a.steps, a.lr, a.extra) == (b.client, b.num_samples, b.steps, b.lr, b.extra)
+        assert abs(a.loss - b.loss) <= tol * max(abs(a.loss), 1e-6)
+        assert abs(a.last_finite_loss - b.last_finite_loss) <= tol * max(abs(a.last_finite_loss), 1e-6)
+        assert len(a.states) == len(b.states)
+        for sa, sb in zip(a.states, b.states, strict=True):
+            assert sa.keys() == sb.keys()
+            for k in sa:
+                assert sa[k].dtype == sb[k].dtype and sa[k].shape == sb[k].shape
+                worst = max(worst, rel_diff(sb[k], sa[k]))
+    assert worst < tol, worst
+    return worst
+
+
+def algo_round(algo_cls, model, spec, config=None, cohort=(0, 1, 2, 3, 4), chunk=None):
+    """One round through the algorithm's own jobs and aggregation, both executors; returns the worst diff."""
+    algo = algo_cls(config or Config(), keys_of(model))
+    initial = model_state(model)
+    server = algo.init_server(initial)
+    store = ClientStore(algo.personal_initial(initial))
+    seq, vec = run_both(model, algo.phases(), lambda: [algo.client_job(server, store, c) for c in cohort], spec,
+                        chunk=chunk)
+    worst = assert_same(seq, vec)
+    a, b = algo.aggregate(server, seq).model, algo.aggregate(server, vec).model
+    for k in a:
+        worst = max(worst, rel_diff(b[k], a[k]))
+    assert worst < TOL, worst
+    return worst
+
+
+def spec_of(name="sgd", lr=0.1, batch=5, **kw):
+    local = {k: kw.pop(k) for k in ("epochs", "steps", "clip") if k in kw}
+    return LocalSpec(OptimizerSpec(name, lr, **kw), batch_size=batch, seed=3, **local)
+
+
+@pytest.mark.parametrize("spec", [
+    spec_of(),
+    spec_of(momentum=0.9),
+    spec_of(momentum=0.9, nesterov=True, weight_decay=0.01),
+    spec_of("adam", lr=0.01, weight_decay=0.01),
+    spec_of("adamw", lr=0.01, weight_decay=0.1),
+    spec_of(clip=0.05),
+    spec_of(momentum=0.5, clip=0.3, epochs=3),
+    spec_of(steps=4),  # more steps than the 3-sample client has batches: epochs roll over
+    spec_of(batch=100),  # one partial batch per client
+], ids=["sgd", "momentum", "nesterov-wd", "adam", "adamw", "clip", "epochs3", "steps4", "big-batch"])
+@pytest.mark.parametrize("model_fn", [lambda: nn.Linear(6, 4), MLP], ids=["linear", "mlp"])
+def test_fedavg_round_matches_sequential(spec, model_fn):
+    torch.manual_seed(0)
+    algo_round(FedAvg, model_fn(), spec)
+
+
+def test_fedprox_matches_sequential():
+    torch.manual_seed(0)
+    algo_round(FedProx, MLP(), spec_of(momentum=0.9, epochs=2), Config(mu=0.5))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_chunks_give_the_numbers_of_the_whole_cohort(chunk):
+    torch.manual_seed(0)
+    model, spec = MLP(), spec_of("adam", lr=0.01)
+    algo = FedAvg(Config(), keys_of(model))
+    server, store = algo.init_server(model_state(model)), ClientStore({})
+    jobs = lambda: [algo.client_job(server, store, c) for c in (3, 0, 4, 2, 1)]  # noqa: E731
+    data = tiny_data()
+    whole = VmapExecutor(model, data, spec).train(algo.phases(), jobs(), 2, 0.01)
+    part = VmapExecutor(model, data, spec, chunk=chunk).train(algo.phases(), jobs(), 2, 0.01)
+    assert [r.client for r in part] == [3, 0, 4, 2, 1]
+    assert_same(whole, part, tol=1e-6)
+
+
+def _jobs(model, ctx_fn, cohort=(0, 1, 2, 3, 4), shift=0.0):
+    start = {k: v + shift for k, v in model_state(model).items()}
+    return lambda: [ClientJob(c, {k: v.clone() for k, v in start.items()}, ctx_fn(c)) for c in cohort]
+
+
+def test_scaffold_like_correction_matches_sequential():
+    """g - c_i + c with a per-client c_i (stacked) and a server c shared by every job (unbatched)."""
+    torch.manual_seed(0)
+    model = MLP()
+    shapes = {k: v.shape for k, v in model.named_parameters()}
+    c = {k: torch.randn(s) * 0.1 for k, s in shapes.items()}
+    ci = {i: {k: torch.randn(s) * 0.1 for k, s in shapes.items()} for i in range(5)}
+
+    def correction(grads, ctx):
+        return {k: g - ctx["c_i"][k] + ctx["c"][k] for k, g in grads.items()}
+
+    seq, vec = run_both(model, [Phase(correction=correction)], _jobs(model, lambda i: {"c": c, "c_i": ci[i]}),
+                        spec_of(momentum=0.9))
+    assert_same(seq, vec)
+    plain = VmapExecutor(model, tiny_data(), spec_of(momentum=0.9)).train(
+        [Phase()], _jobs(model, lambda i: {})(), 1, 0.1)
+    assert rel_diff(vec[0].states[-1]["fc.weight"], plain[0].states[-1]["fc.weight"]) > 1e-3  # it did something
+
+
+def test_frozen_parameters_stay_and_match_sequential():
+    torch.manual_seed(0)
+    model = MLP()
+    head = frozenset({"fc.weight", "fc.bias"})
+    seq, vec = run_both(model, [Phase(trainable=head)], _jobs(model, lambda i: {}), spec_of("adam", lr=0.01))
+    assert_same(seq, vec)
+    start = model_state(model)
+    for r in vec:
+        assert torch.equal(r.states[-1]["fc1.weight"], start["fc1.weight"])
+        assert not torch.equal(r.states[-1]["fc.weight"], start["fc.weight"])
+
+
+def test_two_phases_head_then_base_match_sequential():
+    """FedRep-like: head epochs, then the base; different trainable sets and epoch counts per phase."""
+    torch.manual_seed(0)
+    model = MLP()
+    phases = [Phase(trainable=frozenset({"fc.weight", "fc.bias"}), epochs=2),
+              Phase(trainable=frozenset({"fc1.weight", "fc1.bias"}))]
+    seq, vec = run_both(model, phases, _jobs(model, lambda i: {}), spec_of(momentum=0.9, clip=1.0))
+    assert [r.steps for r in vec] == [[2, 1], [4, 2], [4, 2], [6, 3], [2, 1]]
+    assert_same(seq, vec)
+
+
+def test_personal_model_phase_from_ctx_matches_sequential():
+    """Ditto-like: the global phase, then a phase that starts from a per-client personal model in ctx."""
+    torch.manual_seed(0)
+    model = MLP()
+    glob = model_state(model)
+    personal = {i: {k: v + 0.05 * (i + 1) for k, v in glob.items()} for i in range(5)}
+    phases = [Phase(), Phase(start="personal", penalty=proximal_penalty(0.3, list(glob)))]
+    seq, vec = run_both(model, phases, _jobs(model, lambda i: {"personal": personal[i], "global": glob}),
+                        spec_of(momentum=0.9))
+    assert_same(seq, vec)
+
+
+def test_custom_loss_sees_only_real_rows():
+    """A phase's own loss gets no padding: steps with partial batches run per batch size."""
+    torch.manual_seed(0)
+    model = MLP()
+    seen = set()
+
+    def loss(model, state, x, y, ctx):
+        seen.add(x.shape[-2])
+        out = torch.func.functional_call(model, state, (x,))
+        return nn.functional.cross_entropy(out, y, label_smoothing=0.1) + 0.01 * out.pow(2).mean()
+
+    seq, vec = run_both(model, [Phase(loss=loss)], _jobs(model, lambda i: {}), spec_of(momentum=0.9, epochs=2))
+    assert_same(seq, vec)
+    assert {2, 3, 5, 6} <= seen
+
+
+def test_results_keep_the_jobs_order_and_do_not_alias():
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4)
+    res = VmapExecutor(model, tiny_data(), spec_of()).train([Phase()], _jobs(model, lambda i: {}, (2, 0, 3))(), 1, 0.1)
+    assert [r.client for r in res] == [2, 0, 3]
+    w = res[0].states[-1]["weight"]
+    assert w.storage_offset() == 0 and w.untyped_storage().nbytes() == w.numel() * w.element_size()
+
+
+def test_unsupported_models_and_algorithms_have_a_reason():
+    class BNNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.bn, self.fc = nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(self.bn(self.fc1(x)))
+
+    class NoVmap(FedAvg):
+        name = "fedas-like"
+        vmap_ok = False
+
+    assert "BatchNorm" in vmap_unsupported_reason(BNNet(), FedAvg(Config(), keys_of(BNNet())))
+    assert "dropout" in vmap_unsupported_reason(nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5)))
+    assert vmap_unsupported_reason(nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.0))) is None
+    assert "vmap_ok" in vmap_unsupported_reason(MLP(), NoVmap(Config(), keys_of(MLP())))
+    assert vmap_unsupported_reason(MLP(), FedProx(Config(), keys_of(MLP()))) is None
+
+
+def test_run_end_to_end_vmap_matches_sequential(tmp_path):
+    import fedsim
+
+    curves = {}
+    for ex in ("sequential", "vmap"):
+        df = fedsim.run(fedsim.Config(dataset="digits", model="mlp", rounds=5, executor=ex, out_dir=str(tmp_path),
+                                      name=ex, quiet=True, device="cpu"))
+        curves[ex] = 100 * df["test_accuracy"].to_numpy()
+    assert len(curves["vmap"]) == 5
+    assert np.abs(curves["vmap"] - curves["sequential"]).max() <= 0.2, curves
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("sgd", {}), ("sgd", {"momentum": 0.9}), ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    ("adam", {"weight_decay": 0.01}), ("adamw", {"weight_decay": 0.1}),
+])
+def test_in_place_optimizer_step_matches_torch_optim(name, kw):
+    """The vmap executor's in-place (foreach) step: torch.optim's numbers, on a stack of clients."""
+    torch.manual_seed(0)
+    p = torch.randn(3, 5, requires_grad=True)  # 3 clients stacked: elementwise rules, so one tensor serves
+    grads = [torch.randn(3, 5) for _ in range(4)]
+    ref = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]([p], lr=0.1, **kw)
+    spec = OptimizerSpec(name, 0.1, **kw)
+    params = {"p": p.detach().clone()}
+    state = spec.init(params)
+    for g in grads:
+        p.grad = g.clone()
+        ref.step()
+        state = spec.step_(params, {"p": g.clone()}, state, 0.1)
+    torch.testing.assert_close(params["p"], p.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_global_torch_generator_is_left_as_the_sequential_executor_leaves_it():
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4)
+    states = []
+    for executor in (SequentialExecutor, VmapExecutor):
+        executor(model, tiny_data(), spec_of()).train([Phase()], _jobs(model, lambda i: {}, (2, 0, 3))(), 1, 0.1)
+        states.append(torch.get_rng_state())
+    assert torch.equal(*states)
+
+
+@pytest.mark.skipif(not os.environ.get("FEDSIM_SLOW_TESTS"), reason="torch.compile takes minutes on a small CPU")
+def test_compiled_step_gives_the_same_numbers():
+    torch.manual_seed(0)
+    model = MLP()
+    data, spec = tiny_data(), spec_of(momentum=0.9)
+    jobs = _jobs(model, lambda i: {})
+    seq = SequentialExecutor(model, data, spec).train([Phase()], jobs(), 1, 0.1)
+    executor = VmapExecutor(model, data, spec, compile=True)
+    for r in (1, 1):  # the second round reuses the compiled step
+        assert_same(seq, executor.train([Phase()], jobs(), r, 0.1))
