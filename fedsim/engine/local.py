@@ -93,7 +93,8 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
         if phase.start is not None:
             state = {k: v.clone() for k, v in job.ctx[phase.start].items()}
         trainable = [k for k in param_names if phase.trainable is None or k in phase.trainable]
-        params = {k: state[k] for k in trainable}
+        # own copies, updated in place by the optimizer (as torch.optim does): no new tensors per step
+        params = {k: state[k].detach().clone().requires_grad_() for k in trainable}
         rest = {k: v for k, v in state.items() if k not in params}  # buffers (updated in place) and frozen
         opt_state = spec.optimizer.init(params)
         schedule = batch_schedule(generator, n, spec.batch_size, phase.epochs or spec.epochs,
@@ -103,14 +104,13 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
         for batch in schedule:
             idx = order[start : start + len(batch)]
             start += len(batch)
-            params = {k: p.detach().requires_grad_() for k, p in params.items()}
             objective, loss = client_objective(model, phase, params, rest, data.x[idx], data.y[idx], job.ctx)
             grads = dict(zip(params, torch.autograd.grad(objective, list(params.values())), strict=True))
             if phase.correction is not None:
                 grads = phase.correction(grads, job.ctx)
             grads = clip_by_global_norm(grads, spec.clip)
             with torch.no_grad():
-                params, opt_state = spec.optimizer.step(params, grads, opt_state, lr)
+                opt_state = spec.optimizer.step_(params, grads, opt_state, lr)
             loss = loss.detach()
             loss_sum += loss
             last_finite = torch.where(torch.isfinite(loss), loss, last_finite)

@@ -1,8 +1,8 @@
-"""Client optimizers as pure functions of (params, grads, optimizer state).
+"""Client optimizers as one in-place step over dicts of tensors (params, grads, optimizer state).
 
-Written functionally so the same step serves one client (sequential executor) and a stacked cohort
-(vmap executor), with the numbers of torch.optim's SGD/Adam/AdamW. State is re-created each round, as
-clients in FedAvg start every round from a fresh optimizer.
+The same step serves one client (sequential executor) and a stacked cohort (vmap executor), with the
+numbers of torch.optim's SGD/Adam/AdamW. State is re-created each round, as clients in FedAvg start
+every round from a fresh optimizer.
 """
 
 from __future__ import annotations
@@ -39,44 +39,9 @@ class OptimizerSpec:
         return {"step": 0, "m": {k: torch.zeros_like(p) for k, p in params.items()},
                 "v": {k: torch.zeros_like(p) for k, p in params.items()}}
 
-    def step(self, params: dict, grads: dict, state: dict, lr: float) -> tuple[dict, dict]:
-        """One step; returns (new params, new state). Matches torch.optim's update rules."""
-        t = state["step"] + 1
-        new_params, new_state = {}, {"step": t}
-        if self.name == "sgd":
-            bufs = {}
-            for k, p in params.items():
-                g = grads[k]
-                if self.weight_decay:
-                    g = g + self.weight_decay * p
-                if self.momentum:
-                    # torch.optim.SGD: the buffer starts as the first gradient itself
-                    buf = g if t == 1 else self.momentum * state["buf"][k] + g
-                    bufs[k] = buf
-                    g = g + self.momentum * buf if self.nesterov else buf
-                new_params[k] = p - lr * g
-            if self.momentum:
-                new_state["buf"] = bufs
-            return new_params, new_state
-        b1, b2 = self.betas
-        ms, vs = {}, {}
-        for k, p in params.items():
-            g = grads[k]
-            if self.name == "adamw":
-                p = p * (1 - lr * self.weight_decay)
-            elif self.weight_decay:
-                g = g + self.weight_decay * p
-            m = b1 * state["m"][k] + (1 - b1) * g
-            v = b2 * state["v"][k] + (1 - b2) * g * g
-            ms[k], vs[k] = m, v
-            denom = (v / (1 - b2**t)).sqrt() + self.eps
-            new_params[k] = p - lr * (m / (1 - b1**t)) / denom
-        new_state.update(m=ms, v=vs)
-        return new_params, new_state
-
     def step_(self, params: dict, grads: dict, state: dict, lr: float) -> dict:
-        """`step` in place with torch._foreach ops, for an executor that owns its tensors (vmap: K
-        clients stacked). Updates `params` and the state's tensors; returns the new state. Same rules."""
+        """One step in place with torch._foreach ops (params may be one client's or K clients' stacked).
+        Updates `params` and the state's tensors; returns the new state. Matches torch.optim's rules."""
         t, keys = state["step"] + 1, list(params)
         p, g = [params[k] for k in keys], [grads[k] for k in keys]
         if self.weight_decay and self.name != "adamw":
