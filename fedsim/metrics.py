@@ -70,11 +70,11 @@ class RunWriter:
 
     def write_record(self) -> None:
         import json
-        import os
 
-        tmp = self.json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.record, indent=2, default=str) + "\n")
-        os.replace(tmp, self.json_path)
+        from fedsim.files import write_atomically
+
+        text = json.dumps(self.record, indent=2, default=str) + "\n"
+        write_atomically(self.json_path, lambda tmp: tmp.write_text(text), "run record", "; choose --out-dir")
 
     def close(self, status: str, detail: str | None = None, summary: dict | None = None) -> None:
         self._csv.close()

@@ -6,7 +6,6 @@ numpy, matplotlib and the dataset load inside the command body, so `fedsim parti
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +27,7 @@ from fedsim.commands.options import (
     SeedOpt,
     ShardsOpt,
 )
+from fedsim.files import write_atomically
 
 OUTPUT = "Output"
 MAX_LABEL_COLUMNS = 12   # more classes than this: one compact "largest label counts" column
@@ -200,7 +200,6 @@ def plot_label_heatmap(part, data, path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     from fedsim.data.partition import _make_parent, label_counts
-    from fedsim.errors import FedsimError
 
     path = Path(path)
     counts = label_counts(part, data, "train")
@@ -238,14 +237,5 @@ def plot_label_heatmap(part, data, path: str | Path) -> Path:
     fig.colorbar(image, ax=[ax_bar, ax], label="train samples of the label", shrink=0.8, aspect=30)
     fig.suptitle(f"Train samples per client and label: {describe(part)}", fontsize=11)
     _make_parent(path, "--plot")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".").lower())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise FedsimError(f"cannot write --plot {path}: {e.strerror or e}") from None
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".").lower()), "--plot")
     return path

@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import struct
 import zlib
@@ -63,6 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.errors import FedsimError
+from fedsim.files import write_atomically
 
 __all__ = [
     "Partitioner", "IidPartitioner", "DirichletPartitioner", "ShardPartitioner", "LabelPartitioner",
@@ -641,19 +641,7 @@ class Partition:
                 raise FedsimError(f"{path} exists and is not a fedsim partition file: not replacing it; "
                                   f"choose another --out or remove it")
         _make_parent(path, "partition file")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError as e:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            raise FedsimError(f"cannot write partition file {path}: {e.strerror or e}; "
-                              f"choose another --out") from None
+        write_atomically(path, lambda tmp: tmp.write_bytes(data), "partition file", "; choose another --out")
         self.path = path
         return path
 
