@@ -91,23 +91,22 @@ def setup(config: Config) -> Experiment:
         raise FedsimError(f"--min-clients {config.min_clients} is more than the {eligible} clients with data")
 
     algo_cls = algorithm_class(config.algo)
+    if config.freeze_base and not algo_cls.personalized:
+        raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
+                          f"not {config.algo}")
     torch.manual_seed(config.seed)
     model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained)
     model.to(device)
     head = None
-    if config.freeze_base and not algo_cls.personalized:
-        raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
-                          f"not {config.algo}")
-    if getattr(algo_cls, "needs_head", False) or config.head or config.freeze_base:
+    if algo_cls.needs_head or config.head or config.freeze_base:
         head = split_state_keys(model, find_head(model, config.head))[1]
     keys = ModelKeys(params=[k for k, _ in model.named_parameters()],
                      buffers=[k for k, _ in model.named_buffers()], bn=list(bn_state_keys(model)), head=head)
     algorithm = algo_cls(config, keys, partition.num_clients)
 
-    index = torch.from_numpy(np.concatenate([partition.train_indices(c) for c in range(partition.num_clients)]
-                                            or [np.zeros(0, np.int64)])).to(device)
-    data = ClientData(dataset.x_train, dataset.y_train, index,
-                      np.concatenate([[0], np.cumsum(partition.train_sizes)]))
+    # the partition is already CSR: one index array plus offsets (copied: its arrays are read-only)
+    data = ClientData(dataset.x_train, dataset.y_train, torch.tensor(partition.train_index, device=device),
+                      partition.train_offsets)
     optimizer = OptimizerSpec(config.optimizer, config.lr, config.momentum, config.nesterov,
                               config.weight_decay, tuple(config.betas))
     spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
@@ -126,14 +125,11 @@ def make_executor(config: Config, model, data, spec, algorithm):
         raise FedsimError(f"unknown executor {config.executor!r}: choose one of {', '.join(EXECUTORS)}")
     if config.executor == "sequential":
         return SequentialExecutor(model, data, spec)
-    try:
-        from fedsim.engine.vmap import VmapExecutor, vmap_unsupported_reason
-    except ImportError:
-        reason = "the vmap executor is not available in this version"
-    else:
-        reason = vmap_unsupported_reason(model, algorithm)
-        if reason is None:
-            return VmapExecutor(model, data, spec, chunk=config.cohort_chunk, compile=config.compile)
+    from fedsim.engine.vmap import VmapExecutor, vmap_unsupported_reason
+
+    reason = vmap_unsupported_reason(model, algorithm)
+    if reason is None:
+        return VmapExecutor(model, data, spec, chunk=config.cohort_chunk, compile=config.compile)
     if config.executor == "vmap":
         raise FedsimError(f"--executor vmap cannot run this experiment: {reason}; use --executor sequential")
     executor = SequentialExecutor(model, data, spec)
