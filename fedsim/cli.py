@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from fedsim.commands.compare import compare
@@ -18,11 +20,17 @@ app.command()(train)
 app.command()(compare)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings reach a command-line user as one plain line, not a source location and a code excerpt."""
+    return f"warning: {message}\n"
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the fedsim version and exit."),
 ) -> None:
+    warnings.formatwarning = _one_line_warning
     if version:
         from fedsim import __version__
 

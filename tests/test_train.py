@@ -194,3 +194,15 @@ def test_sigterm_stops_the_run_with_whole_rows_and_a_stopped_record(tmp_path):
     assert len(rows) >= 2 and not rows.isna().any().any()
     record = json.loads((tmp_path / "k.json").read_text())
     assert record["status"] == "stopped" and record["summary"]["rounds_completed"] == rows["round"].iloc[-1]
+
+
+def test_cli_warnings_are_one_plain_line(tmp_path):
+    import subprocess
+    import sys
+
+    # a real process: pytest records warnings itself, so only there do they reach stderr as users see them
+    proc = subprocess.run([sys.executable, "-m", "fedsim", "train", "--algo", "fedbn", "--rounds", "1", "--clients",
+                           "3", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: fedbn: the model has no BatchNorm layers, so FedBN is FedAvg\n" in proc.stderr
+    assert "UserWarning" not in proc.stderr and ".py:" not in proc.stderr
