@@ -9,10 +9,12 @@ speed, not accuracy. fedsim and the plain loop train the same cohorts (Flower sa
 number); fedsim's engine is driven directly (ClientData, LocalSpec, executors, FedAvg), so rounds are
 timed, not setup.
 
-Reported per method: the median seconds of `--rounds` timed rounds after one warm-up round; that time
-over a one-model loop (a round's worth of plain-torch SGD steps at batch 10 on one model, 600; 6,000 for
-w-large; timed in the same run); peak memory while the method ran (RSS, or CUDA max allocated); start-up (the
-warm-up round, compile included).
+Reported per method: the median seconds of `--rounds` timed rounds after one warm-up round; the median
+ratio to a one-model loop (a round's worth of plain-torch SGD steps at batch 10 on one model, 600; 6,000
+for w-large). The timed rounds go round-robin over the methods (one pass = one round of each), so each
+ratio compares rounds run moments apart, and a change in a shared machine's load cannot favour one method.
+Also: peak memory in the method's first round (RSS, or CUDA max allocated); start-up (the first round,
+compile included); on CUDA, the GPU's busy percentage (NVML) while the method's rounds ran.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import platform
 import resource
 import statistics
+import threading
 import time
 from datetime import date
 
@@ -154,22 +157,19 @@ def plain_torch_method(w: Workload):
     return round_fn
 
 
-def one_model_loop(w: Workload, steps: int) -> float:
-    """Seconds for `steps` plain-torch SGD steps at batch 10 on one model (the unit of the ratio column)."""
+def one_model_method(w: Workload, steps: int):
+    """The unit of the ratio column: a round's worth of plain-torch SGD steps at batch 10 on one model."""
     model = copy.deepcopy(w.model)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     order = torch.randint(0, len(w.x), (steps, BATCH), device=w.device)
-    times = []
-    for _ in range(3):
-        sync(w.device)
-        start = time.perf_counter()
+
+    def round_fn(r: int):
         for i in range(steps):
             opt.zero_grad()
             F.cross_entropy(model(w.x[order[i]]), w.y[order[i]]).backward()
             opt.step()
-        sync(w.device)
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
+
+    return round_fn
 
 
 def flower_method(w: Workload, rounds: int):
@@ -224,15 +224,37 @@ def flower_method(w: Workload, rounds: int):
     return float(times[0]), [float(t) for t in times[1:]]
 
 
-def time_rounds(round_fn, rounds: int, device: torch.device) -> tuple[float, list[float]]:
-    times = []
-    for r in range(1, rounds + 2):
-        sync(device)
-        start = time.perf_counter()
-        round_fn(r)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times[0], times[1:]
+def gpu_busy_sampler(device: torch.device):
+    """NVML's GPU busy percentage (torch.cuda.utilization), or None where unavailable (CPU, no pynvml)."""
+    if device.type != "cuda":
+        return None
+    try:
+        torch.cuda.utilization(device)
+    except Exception:  # pynvml missing or NVML unusable: the table leaves the column out
+        return None
+    return lambda: torch.cuda.utilization(device)
+
+
+def timed(round_fn, r: int, device: torch.device, sample_busy=None, busy: list | None = None) -> float:
+    """Seconds for round r; with `sample_busy`, GPU busy % is sampled every 0.1 s into `busy` meanwhile."""
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.1):
+            busy.append(sample_busy())
+
+    sampler = threading.Thread(target=sample) if sample_busy is not None else None
+    if sampler:
+        sampler.start()
+    sync(device)
+    start = time.perf_counter()
+    round_fn(r)
+    sync(device)
+    seconds = time.perf_counter() - start
+    done.set()
+    if sampler:
+        sampler.join()
+    return seconds
 
 
 def main() -> None:
@@ -268,23 +290,32 @@ def main() -> None:
     print(f"{date.today()}  torch {torch.__version__}  device {device}  threads {torch.get_num_threads()}  "
           f"cpu {cpu}  {args.rounds} timed rounds after 1 warm-up{'  malloc tuned' if args.malloc_tune else ''}")
 
-    memory.reset()
-    unit = one_model_loop(w, steps)
-    rows = [("one-model loop (unit)", unit, [unit], memory.peak_mb(), float("nan"))]
     methods = [
+        ("unit", "one-model loop (unit)", lambda: one_model_method(w, steps)),
         ("sequential", "fedsim sequential", lambda: fedsim_method(w, SequentialExecutor)),
         ("vmap", "fedsim vmap", lambda: fedsim_method(w, lambda m, d, s: VmapExecutor(m, d, s, chunk=args.chunk))),
         ("compile", "fedsim vmap --compile",
          lambda: fedsim_method(w, lambda m, d, s: VmapExecutor(m, d, s, chunk=args.chunk, compile=True))),
         ("plain", "plain PyTorch loop", lambda: plain_torch_method(w)),
     ]
-    for key, label, make in methods:
-        if key in skip:
-            continue
+    methods = [m for m in methods if m[0] == "unit" or m[0] not in skip]
+    # Start-up and peak memory: each method's first round, alone. Then the timed rounds go round-robin over
+    # the methods, so a change in the machine's load hits all of them alike and each ratio is taken against
+    # the unit's time in the same pass.
+    round_fns, startup, peak = {}, {}, {}
+    for key, _, make in methods:
         memory.reset()
-        startup, times = time_rounds(make(), args.rounds, device)
-        rows.append((label, statistics.median(times), times, memory.peak_mb(), startup))
-        print(f"  {label}: {statistics.median(times):.3f} s/round", flush=True)
+        round_fns[key] = make()
+        startup[key] = timed(round_fns[key], 1, device)
+        peak[key] = memory.peak_mb()
+    times = {key: [] for key, _, _ in methods}
+    sample_busy, busy = gpu_busy_sampler(device), {key: [] for key, _, _ in methods}
+    for r in range(2, args.rounds + 2):
+        for key, _, _ in methods:
+            times[key].append(timed(round_fns[key], r, device, sample_busy, busy[key]))
+        print(f"  pass {r - 1}: " + "  ".join(f"{key} {times[key][-1]:.3f}s" for key, _, _ in methods), flush=True)
+    rows = [(label, times[key], [t / u for t, u in zip(times[key], times["unit"], strict=True)], peak[key],
+             startup[key], busy[key]) for key, label, _ in methods]
     if args.flower:
         try:
             import flwr  # noqa: F401
@@ -292,19 +323,23 @@ def main() -> None:
             print("Flower: skipped: flwr not installed (pip install 'flwr[simulation]' in a separate venv)")
         else:
             memory.reset()
-            startup, times = flower_method(w, args.rounds)
-            rows.append(("Flower simulation", statistics.median(times), times, memory.peak_mb(), startup))
+            flower_startup, flower_times = flower_method(w, args.rounds)
+            unit = statistics.median(times["unit"])
+            rows.append(("Flower simulation (run after the others)", flower_times, [t / unit for t in flower_times],
+                         memory.peak_mb(), flower_startup, []))
 
     mem = "peak CUDA MB" if device.type == "cuda" else "peak RSS MB"
-    print(f"\n| method | s/round (median) | x one-model loop | {mem} | start-up s (1st round) | rounds (s) |")
-    print("|---|---|---|---|---|---|")
-    for label, med, times, peak, startup in rows:
-        print(f"| {label} | {med:.3f} | {med / unit:.2f} | {peak:.0f} | {startup:.2f} | "
-              f"{' '.join(f'{t:.2f}' for t in times)} |")
+    gpu = " GPU busy % (NVML) |" if sample_busy is not None else ""
+    print(f"\n| method | s/round (median) | x one-model loop (median of per-pass ratios) | {mem} | "
+          f"start-up s (1st round) |{gpu} rounds (s) |")
+    print("|---|---|---|---|---|" + ("---|" if gpu else "") + "---|")
+    for label, secs, ratios, mb, first, util in rows:
+        util_cell = f" {statistics.mean(util):.0f} |" if util else (" - |" if gpu else "")
+        print(f"| {label} | {statistics.median(secs):.3f} | {statistics.median(ratios):.2f} | {mb:.0f} | {first:.2f} |"
+              f"{util_cell} {' '.join(f'{t:.2f}' for t in secs)} |")
     if device.type == "cpu":
-        print("peak RSS: the whole process while the method ran (torch and the data come first, the one-model loop "
-              "shows that base); Flower: its driver process only (Ray's workers are separate processes)")
-
+        print("peak RSS: the whole process during the method's first round (torch and the data come first, the "
+              "one-model loop shows that base); Flower: its driver process only (Ray's workers are separate processes)")
 
 if __name__ == "__main__":
     main()
