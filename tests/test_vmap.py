@@ -8,21 +8,24 @@ import torch
 from torch import nn
 
 from fedsim.algorithms.base import ClientJob, ClientStore, FedAvg, ModelKeys, Phase, proximal_penalty
+from fedsim.algorithms.fedbn import FedBN
 from fedsim.algorithms.fedprox import FedProx
 from fedsim.config import Config
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
 from fedsim.engine.optim import OptimizerSpec
 from fedsim.engine.state import model_state
 from fedsim.engine.vmap import VmapExecutor, vmap_unsupported_reason
+from fedsim.models import bn_state_keys, build_model
 
 SIZES = (3, 7, 11, 12, 5)  # batch 5: [3], [5, 2], [5, 6] (a lone last sample joins), [5, 5, 2], [5]
 TOL = 1e-5
+IMAGE = (1, 4, 4)  # tiny images for the BatchNorm CNNs
 
 
-def tiny_data(sizes=SIZES, dim=6, classes=4, seed=0):
+def tiny_data(sizes=SIZES, shape=(6,), classes=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     n = sum(sizes)
-    x = torch.randn(n, dim, generator=g)
+    x = torch.randn(n, *shape, generator=g)
     y = torch.randint(0, classes, (n,), generator=g)
     perm = torch.randperm(n, generator=g)  # clients own scattered samples, not ranges
     return ClientData(x, y, perm, np.concatenate([[0], np.cumsum(sizes)]))
@@ -39,7 +42,22 @@ class MLP(nn.Module):
 
 
 def keys_of(model):
-    return ModelKeys([k for k, _ in model.named_parameters()], [k for k, _ in model.named_buffers()], [])
+    return ModelKeys([k for k, _ in model.named_parameters()], [k for k, _ in model.named_buffers()],
+                     bn_state_keys(model))
+
+
+def cnn_bn():
+    """The built-in cnn-bn (BatchNorm2d after each conv) on 1x4x4 images: 88k parameters."""
+    return build_model("cnn-bn", IMAGE, 4)
+
+
+class BNNet(nn.Module):
+    def __init__(self, momentum=0.1):
+        super().__init__()
+        self.fc1, self.bn, self.fc = nn.Linear(6, 8), nn.BatchNorm1d(8, momentum=momentum), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.fc1(x)))
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,8 +65,8 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-def run_both(model, phases, jobs_fn, spec, lr=0.1, chunk=None, round=1):
-    data = tiny_data()
+def run_both(model, phases, jobs_fn, spec, lr=0.1, chunk=None, round=1, data=None):
+    data = tiny_data() if data is None else data
     seq = SequentialExecutor(model, data, spec).train(phases, jobs_fn(), round, lr)
     vec = VmapExecutor(model, data, spec, chunk=chunk).train(phases, jobs_fn(), round, lr)
     return seq, vec
@@ -70,20 +88,20 @@ def assert_same(seq, vec, tol=TOL) -> float:
     return worst
 
 
-def algo_round(algo_cls, model, spec, config=None, cohort=(0, 1, 2, 3, 4), chunk=None):
-    """One round through the algorithm's own jobs and aggregation, both executors; returns the worst diff."""
+def algo_round(algo_cls, model, spec, config=None, cohort=(0, 1, 2, 3, 4), chunk=None, data=None):
+    """One round through the algorithm's own jobs and aggregation, both executors; returns their results."""
     algo = algo_cls(config or Config(), keys_of(model))
     initial = model_state(model)
     server = algo.init_server(initial)
     store = ClientStore(algo.personal_initial(initial))
     seq, vec = run_both(model, algo.phases(), lambda: [algo.client_job(server, store, c) for c in cohort], spec,
-                        chunk=chunk)
+                        chunk=chunk, data=data)
     worst = assert_same(seq, vec)
     a, b = algo.aggregate(server, seq).model, algo.aggregate(server, vec).model
     for k in a:
         worst = max(worst, rel_diff(b[k], a[k]))
     assert worst < TOL, worst
-    return worst
+    return seq, vec
 
 
 def spec_of(name="sgd", lr=0.1, batch=5, **kw):
@@ -202,6 +220,48 @@ def test_custom_loss_sees_only_real_rows():
     assert {2, 3, 5, 6} <= seen
 
 
+@pytest.mark.parametrize("model_fn", [
+    cnn_bn,
+    lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(64, 4)),
+], ids=["cnn-bn", "bn-no-running-stats"])
+def test_batchnorm_round_matches_sequential_parameters_and_buffers(model_fn):
+    """BatchNorm sees only real rows (the clients' last batches, 3, 2, 6, 2 and 5 rows, differ), and each
+    client's running statistics and batch count come back as the sequential executor leaves them."""
+    torch.manual_seed(0)
+    model = model_fn()
+    start = model_state(model)
+    seq, vec = algo_round(FedAvg, model, spec_of(momentum=0.9), data=tiny_data(shape=IMAGE))
+    for a, b in zip(seq, vec, strict=True):
+        for k, v in b.states[-1].items():
+            if k.endswith("num_batches_tracked"):
+                assert v.dtype == torch.int64 and torch.equal(v, a.states[-1][k]) and int(v) == sum(b.steps)
+            elif k.endswith(("running_mean", "running_var")):
+                assert not torch.equal(v, start[k])
+
+
+def test_fedbn_two_rounds_match_sequential():
+    """FedBN keeps BN layers with each client: round 2 starts clients 0, 1, 3 from their round-1 BN state."""
+    torch.manual_seed(0)
+    model, data, spec = cnn_bn(), tiny_data(shape=IMAGE), spec_of(momentum=0.9)
+    initial = model_state(model)
+    finals = []
+    for executor in (SequentialExecutor(model, data, spec), VmapExecutor(model, data, spec)):
+        algo = FedBN(Config(), keys_of(model))
+        server, store = algo.init_server(initial), ClientStore(algo.personal_initial(initial))
+        for r, cohort in enumerate([(0, 1, 3), (0, 1, 2, 3, 4)], start=1):
+            results = executor.train(algo.phases(), [algo.client_job(server, store, c) for c in cohort], r, 0.1)
+            for res in results:
+                algo.client_finish(server, store, res)
+            server = algo.aggregate(server, results)
+        finals.append([server.model, *(store.get(c) for c in range(5))])
+    assert {"bn1.running_mean", "bn2.num_batches_tracked"} <= set(algo.personal)
+    for a, b in zip(*finals, strict=True):
+        for k in a:
+            assert a[k].dtype == b[k].dtype and rel_diff(b[k], a[k]) < TOL, k
+    assert [int(s["bn1.num_batches_tracked"]) for s in finals[1][1:]] == [1 + 1, 2 + 2, 2, 3 + 3, 1]  # steps
+
+
 def test_results_keep_the_jobs_order_and_do_not_alias():
     torch.manual_seed(0)
     model = nn.Linear(6, 4)
@@ -212,20 +272,16 @@ def test_results_keep_the_jobs_order_and_do_not_alias():
 
 
 def test_unsupported_models_and_algorithms_have_a_reason():
-    class BNNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1, self.bn, self.fc = nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 4)
-
-        def forward(self, x):
-            return self.fc(self.bn(self.fc1(x)))
-
     class NoVmap(FedAvg):
         name = "fedas-like"
         vmap_ok = False
 
-    assert "BatchNorm" in vmap_unsupported_reason(BNNet(), FedAvg(Config(), keys_of(BNNet())))
+    assert vmap_unsupported_reason(BNNet(), FedAvg(Config(), keys_of(BNNet()))) is None
+    assert vmap_unsupported_reason(cnn_bn(), FedBN(Config(), keys_of(cnn_bn()))) is None
+    assert "momentum=None" in vmap_unsupported_reason(BNNet(momentum=None))
+    assert vmap_unsupported_reason(nn.BatchNorm1d(8, momentum=None, track_running_stats=False)) is None
     assert "dropout" in vmap_unsupported_reason(nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5)))
+    assert "dropout" in vmap_unsupported_reason(nn.Sequential(BNNet(), nn.Dropout(0.5)))
     assert vmap_unsupported_reason(nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.0))) is None
     assert "vmap_ok" in vmap_unsupported_reason(MLP(), NoVmap(Config(), keys_of(MLP())))
     assert vmap_unsupported_reason(MLP(), FedProx(Config(), keys_of(MLP()))) is None
@@ -241,6 +297,20 @@ def test_run_end_to_end_vmap_matches_sequential(tmp_path):
         curves[ex] = 100 * df["test_accuracy"].to_numpy()
     assert len(curves["vmap"]) == 5
     assert np.abs(curves["vmap"] - curves["sequential"]).max() <= 0.2, curves
+
+
+def test_auto_executor_trains_batchnorm_models_with_vmap(tmp_path):
+    import json
+
+    import fedsim
+
+    losses = {}
+    for ex in ("sequential", "auto"):
+        df = fedsim.run(fedsim.Config(dataset="digits", model="cnn-bn", rounds=1, fraction=0.3, local_steps=2,
+                                      executor=ex, out_dir=str(tmp_path), name=ex, quiet=True, device="cpu"))
+        losses[json.loads((tmp_path / f"{ex}.json").read_text())["executor"]["name"]] = df["test_loss"].iloc[-1]
+    assert losses.keys() == {"sequential", "vmap"}
+    assert abs(losses["vmap"] - losses["sequential"]) <= TOL * losses["sequential"], losses
 
 
 @pytest.mark.parametrize("name,kw", [
@@ -274,10 +344,15 @@ def test_global_torch_generator_is_left_as_the_sequential_executor_leaves_it():
 
 
 @pytest.mark.skipif(not os.environ.get("FEDSIM_SLOW_TESTS"), reason="torch.compile takes minutes on a small CPU")
-def test_compiled_step_gives_the_same_numbers():
+@pytest.mark.parametrize("model_fn,data_fn", [
+    (MLP, tiny_data),
+    # equal batch sizes until only client 4 is left: compiled steps update BN buffers of 5, 3 and 1 clients
+    (cnn_bn, lambda: tiny_data(sizes=(10, 15, 15, 10, 17), shape=IMAGE)),
+], ids=["mlp", "cnn-bn"])
+def test_compiled_step_gives_the_same_numbers(model_fn, data_fn):
     torch.manual_seed(0)
-    model = MLP()
-    data, spec = tiny_data(), spec_of(momentum=0.9)
+    model = model_fn()
+    data, spec = data_fn(), spec_of(momentum=0.9)
     jobs = _jobs(model, lambda i: {})
     seq = SequentialExecutor(model, data, spec).train([Phase()], jobs(), 1, 0.1)
     executor = VmapExecutor(model, data, spec, compile=True)

@@ -15,16 +15,20 @@ that exact:
   counter is one number.
 - Partial batches (the last batch of an epoch): batches are padded to the widest batch with a 0/1 mask, and
   the cross-entropy is the mask-weighted mean, i.e. F.cross_entropy over the real rows. A phase with its
-  own `loss` gets no padded rows: a step whose real batch sizes differ runs once per size.
+  own `loss`, and a model with BatchNorm (padded rows would enter its batch statistics), get no padded
+  rows: a step whose real batch sizes differ runs once per size, on copies of those clients' stacks.
+- BatchNorm: each client's running statistics and batch count are stacked with its state (`rest`), and in
+  train mode BatchNorm updates batched running statistics in place under vmap(grad(...)). The updates
+  reach the stack through the prefix views; the once-per-size groups write theirs back.
 - The optimizer updates the stacked parameters in place (`OptimizerSpec.step_`, torch._foreach ops): with
   K clients stacked, out-of-place updates allocate K-times-model-sized temporaries every step.
 
 Memory grows with the chunk (`chunk` clients at once), not with the cohort. `compile=True` wraps the
 vmapped gradient in torch.compile: one compile per distinct stack size (a full chunk; then, as clients
-finish, one dynamic-size graph and one for a single client).
+finish, one dynamic-size graph and one for a single client; with BatchNorm, also per real batch width).
 
-Models with BatchNorm or dropout, and algorithms with `vmap_ok = False`, stay with the sequential executor
-(`vmap_unsupported_reason`).
+Models with dropout or with BatchNorm's cumulative average (momentum=None), and algorithms with
+`vmap_ok = False`, stay with the sequential executor (`vmap_unsupported_reason`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import grad, vmap
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from fedsim.algorithms.base import ClientJob, ClientResult, Phase
@@ -49,15 +54,20 @@ def vmap_unsupported_reason(model: nn.Module, algorithm=None) -> str | None:
         return f"the algorithm {getattr(algorithm, 'name', type(algorithm).__name__)} needs per-client work " \
                "that vmap cannot batch (vmap_ok = False)"
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or \
-                (isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats):
-            return f"the model has BatchNorm layers ({name}: running statistics are updated in place, " \
-                   "and padded rows would enter the batch statistics)"
+        if isinstance(m, _BatchNorm) and m.track_running_stats and m.momentum is None:
+            return f"the model has BatchNorm with momentum=None ({name}: its cumulative average divides by " \
+                   "float(num_batches_tracked), a per-client number vmap cannot batch)"
         p = m.p if isinstance(m, nn.modules.dropout._DropoutNd) else getattr(m, "dropout", 0.0)
         if isinstance(p, float) and p > 0:
             return f"the model has dropout ({name or type(m).__name__}: its random masks would differ from the " \
                    "sequential executor's)"
     return None
+
+
+def _has_batch_statistics(model: nn.Module) -> bool:
+    """Whether a layer computes statistics over the batch's rows (BatchNorm; a norm tracking running stats)."""
+    return any(isinstance(m, _BatchNorm) or (isinstance(m, _NormBase) and m.track_running_stats)
+               for m in model.modules())
 
 
 def _head(tree, n: int, dims=None):
@@ -119,6 +129,8 @@ class VmapExecutor:
             raise ValueError(f"--cohort-chunk must be >= 1 (got {chunk})")
         self.model, self.data, self.spec, self.chunk, self.compile = model, data, spec, chunk, compile
         self.param_names = [k for k, _ in model.named_parameters()]
+        self.buffer_names = {k for k, _ in model.named_buffers()}
+        self.real_rows_only = _has_batch_statistics(model)  # padded rows would enter BatchNorm's statistics
         self.reason = "trains the cohort together with torch.func.vmap " + \
             (f"(chunks of {chunk})" if chunk else "(whole cohort; chunks by free memory on CUDA)") + \
             (", torch.compile'd step" if compile else "")
@@ -196,9 +208,9 @@ class VmapExecutor:
                 ctx, active = _head(ctx, now, ctx_dims), now
             i, n = idx[s, :active], counts[s, :active]
             x, y, w = data.x[i], data.y[i], mask[s, :active]
-            if phase.loss is None:
+            if phase.loss is None and not self.real_rows_only:
                 grads, loss = step_fn(live, rest, x, y, ctx, w)
-            elif (n == n[0]).all():  # a custom loss sees only real rows
+            elif (n == n[0]).all():  # a custom loss, and BatchNorm, see only real rows
                 grads, loss = step_fn(live, rest, x[:, : n[0]], y[:, : n[0]], ctx, w[:, : n[0]])
             else:  # ... so a step whose batch sizes differ runs once per size
                 grads, loss = self._grouped(phase, ctx_dims, live, rest, ctx, x, y, w, n)
@@ -210,14 +222,19 @@ class VmapExecutor:
         return params
 
     def _grouped(self, phase, ctx_dims, params, rest, ctx, x, y, w, n):
+        """One step, once per real batch size; the buffers it updates (BatchNorm's) are written back to `rest`."""
         fn = self._grad_fn(phase, ctx_dims, compile=False)
         grads, loss = {k: torch.empty_like(p) for k, p in params.items()}, torch.empty(len(n), device=x.device)
         for size in np.unique(n):
             sel = torch.from_numpy(np.flatnonzero(n == size)).to(x.device)
-            g, lo = fn(_take(params, sel), _take(rest, sel), x[sel, :size], y[sel, :size], _take(ctx, sel, ctx_dims),
+            taken = _take(rest, sel)  # copies (advanced indexing): in-place buffer updates land here
+            g, lo = fn(_take(params, sel), taken, x[sel, :size], y[sel, :size], _take(ctx, sel, ctx_dims),
                        w[sel, :size])
             for k in grads:
                 grads[k][sel] = g[k]
+            for k, t in taken.items():
+                if k in self.buffer_names:
+                    rest[k][sel] = t
             loss[sel] = lo
         return grads, loss
 
