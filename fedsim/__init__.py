@@ -2,13 +2,14 @@
 
     import fedsim
     df = fedsim.run(fedsim.Config(algo="fedprox", mu=0.01, rounds=20))
+    df = fedsim.run(resume="results/digits-fedprox-mlp-seed0.csv", rounds=40)  # continue it from its checkpoint
 
 Heavy modules (torch) load on first use, so `fedsim --help` stays fast.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "run", "load_partition", "load_dataset", "build_partition", "__version__"]
+__all__ = ["Config", "run", "load_checkpoint", "load_partition", "load_dataset", "build_partition", "__version__"]
 
 
 def __getattr__(name):
@@ -20,6 +21,10 @@ def __getattr__(name):
         from fedsim.engine.run import run
 
         return run
+    if name == "load_checkpoint":
+        from fedsim.engine.checkpoint import load_checkpoint
+
+        return load_checkpoint
     if name in ("load_partition", "build_partition"):
         from fedsim.data import partition
 

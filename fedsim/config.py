@@ -73,6 +73,7 @@ class Config:
     # --- run --------------------------------------------------------------------------------
     seed: int = 0
     eval_every: int = 1
+    checkpoint_every: int = 10           # write <name>.ckpt every K rounds (0 = never)
     out_dir: str = "results"
     name: str | None = None              # default: <dataset>-<algo>-<model>-seed<seed>
     overwrite: bool = False
@@ -97,6 +98,11 @@ class Config:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Config:
+        """The inverse of `to_dict` (a run record's or a checkpoint's config)."""
+        return cls(**{**values, "betas": tuple(values["betas"])})
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -12,16 +12,19 @@ from fedsim.errors import FedsimError
 def write_atomically(path: Path, write: Callable[[Path], None], what: str, hint: str = "") -> None:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`.
 
-    Readers (and an interrupted run) see the old file or the new one, never half of one. An OSError
-    becomes one FedsimError line naming `what` and `path`, with `hint` appended.
+    Readers (and an interrupted run) see the old file or the new one, never half of one; the temporary
+    file goes too when the write fails or is interrupted (Ctrl-C, SIGTERM). An OSError becomes one
+    FedsimError line naming `what` and `path`, with `hint` appended.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise FedsimError(f"cannot write {what} {path}: {e.strerror or e}{hint}") from None
+        if isinstance(e, OSError):
+            raise FedsimError(f"cannot write {what} {path}: {e.strerror or e}{hint}") from None
+        raise

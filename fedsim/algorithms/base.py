@@ -82,9 +82,9 @@ class ModelKeys:
 class ClientStore:
     """Per-client state, kept only for clients that have some; the rest read the initial values."""
 
-    def __init__(self, initial: State):
+    def __init__(self, initial: State, states: dict[int, State] | None = None):
         self.initial = initial
-        self._states: dict[int, State] = {}
+        self._states: dict[int, State] = dict(states or {})
 
     def get(self, client: int) -> State:
         return self._states.get(client, self.initial)
@@ -94,6 +94,10 @@ class ClientStore:
 
     def __len__(self) -> int:
         return len(self._states)
+
+    def states(self) -> dict[int, State]:
+        """The clients' states as they are now (a new dict; `put` replaces entries, never changes them)."""
+        return dict(self._states)
 
 
 class FedAvg:

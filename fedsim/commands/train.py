@@ -136,7 +136,18 @@ def train(
     seed: SeedOpt = 0,
     eval_every: Annotated[int, typer.Option(help="Evaluate (and write a CSV row) every N rounds.",
                                             rich_help_panel=_RUN)] = 1,
-    out_dir: Annotated[str, typer.Option(help="Folder for <name>.csv and <name>.json.",
+    checkpoint_every: Annotated[int, typer.Option(
+        metavar="K", rich_help_panel=_RUN,
+        help="Write <name>.ckpt (to --resume from) every K rounds, after the last round and when stopped by "
+             "Ctrl-C or a kill; 0 = never. The default 10 loses at most 10 rounds to a hard crash (kill -9, out of "
+             "memory), while writing the model and every client's state costs little spread over 10 rounds.")] = 10,
+    resume: Annotated[str | None, typer.Option(
+        metavar="RUN", show_default=False, rich_help_panel=_RUN,
+        help="Continue run RUN (its .csv, .json or .ckpt path, or its name in --out-dir) from its checkpoint, "
+             "with its options. Only these may change: --rounds (to extend it), --eval-every, --checkpoint-every, "
+             "--executor, --cohort-chunk, --compile, --threads, --device, --data-dir, --partition (same content).")
+    ] = None,
+    out_dir: Annotated[str, typer.Option(help="Folder for <name>.csv, <name>.json and <name>.ckpt.",
                                          rich_help_panel=_RUN)] = "results",
     name: Annotated[str | None, typer.Option(help="Run name (default <dataset>-<algo>-<model>-seed<seed>).",
                                              rich_help_panel=_RUN)] = None,
@@ -146,17 +157,29 @@ def train(
 ) -> None:
     """Train with a federated algorithm; one CSV row per evaluated round in --out-dir."""
     from fedsim.config import Config, config_from_toml
+    from fedsim.engine.checkpoint import load_checkpoint
+    from fedsim.engine.run import run
 
     with user_errors():
         values = config_from_toml(config) if config is not None else {}
         given = {k: v for k, v in ctx.params.items()
-                 if k not in ("config", "show_split") and _from_command_line(ctx, k)}
+                 if k not in ("config", "show_split", "resume") and _from_command_line(ctx, k)}
         values.update({k: v.value if isinstance(v, Enum) else v for k, v in given.items()})
-        cfg = Config(**values)
+        checkpoint = None
+        if resume is None:
+            cfg = Config(**values)
+        else:
+            checkpoint = load_checkpoint(resume, values.get("out_dir", Config.out_dir))
+            cfg = checkpoint.resumed_config(values)
         if show_split:
             _show_split(cfg)
+        elif checkpoint is None:
+            _train(cfg, lambda on_round: run(cfg, on_round=on_round))
+        elif checkpoint.round >= cfg.rounds:  # exit 0: the run is where it was asked to be
+            stderr_console().print(f"run {cfg.run_name()!r} already completed {checkpoint.round} rounds (--rounds "
+                                   f"{cfg.rounds}): nothing to resume; pass a larger --rounds to extend it")
         else:
-            _train(cfg)
+            _train(cfg, lambda on_round: run(resume=checkpoint, on_round=on_round, **values), checkpoint.round)
 
 
 def _from_command_line(ctx: typer.Context, name: str) -> bool:
@@ -176,50 +199,49 @@ def _show_split(cfg) -> None:
     Console().print(describe_split(model, find_head(model, cfg.head)))
 
 
-def _train(cfg) -> None:
+def _train(cfg, run_rounds, done: int = 0) -> None:
+    """`run_rounds(on_round)` runs the experiment: a new one, or one resumed after round `done`."""
     out = stderr_console()
     try:
-        df = _run_with_progress(cfg, out)
+        df = _run_with_progress(cfg, out, run_rounds, done)
     except KeyboardInterrupt:
-        out.print(f"stopped; the rows written so far are in {Path(cfg.out_dir) / (cfg.run_name() + '.csv')}")
+        csv = Path(cfg.out_dir) / (cfg.run_name() + ".csv")
+        out.print(f"stopped; the rows written so far are in {csv}"
+                  + (f"; continue with: fedsim train --resume {csv}" if cfg.checkpoint_every else ""))
         raise typer.Exit(130) from None
     if not cfg.quiet:
         _print_summary(cfg, df)
 
 
-def _run_with_progress(cfg, out):
+def _run_with_progress(cfg, out, run_rounds, done: int):
     import sys
 
-    from fedsim.engine.run import run
-
     if cfg.quiet:
-        df = run(cfg)
+        df = run_rounds(None)
     elif sys.stderr.isatty():
-        df = _run_with_bar(cfg, out)
+        df = _run_with_bar(cfg, out, run_rounds, done)
     else:
         def line(row, total):
             out.print(f"round {row['round']}/{total}  test_accuracy {row['test_accuracy']:.4f}  "
                       f"train_loss {row['train_loss']:.4f}  personal_accuracy_mean "
                       f"{row['personal_accuracy_mean']:.4f}  {row['elapsed_seconds']:.1f}s")
-        df = run(cfg, on_round=line)
+        df = run_rounds(line)
     return df
 
 
-def _run_with_bar(cfg, console):
+def _run_with_bar(cfg, console, run_rounds, done: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from fedsim.engine.run import run
 
     with Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
                   TextColumn("{task.fields[acc]}"), TimeRemainingColumn(), console=console,
                   transient=False) as bar:
-        task = bar.add_task("train", total=cfg.rounds, acc="")
+        task = bar.add_task("train", total=cfg.rounds, completed=done, acc="")
 
         def update(row, total):
             bar.update(task, completed=row["round"],
                        acc=f"test acc {row['test_accuracy']:.4f}  loss {row['train_loss']:.3f}")
 
-        return run(cfg, on_round=update)
+        return run_rounds(update)
 
 
 def _print_summary(cfg, df) -> None:

@@ -17,12 +17,13 @@ from fedsim.algorithms import algorithm_class
 from fedsim.algorithms.base import ClientStore, ModelKeys
 from fedsim.config import Config
 from fedsim.engine import rng
+from fedsim.engine.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from fedsim.engine.evaluate import personal_summary, predict
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
 from fedsim.engine.optim import OptimizerSpec
 from fedsim.engine.state import is_finite, model_state
 from fedsim.errors import DivergenceError, FedsimError
-from fedsim.metrics import RunWriter
+from fedsim.metrics import RunWriter, read_rows
 
 
 def validate(config: Config) -> None:
@@ -41,6 +42,7 @@ def validate(config: Config) -> None:
         (0 < config.lr_decay <= 1, f"--lr-decay must be in (0, 1] (got {config.lr_decay})"),
         (config.clip is None or config.clip > 0, f"--clip must be > 0 (got {config.clip})"),
         (config.eval_every >= 1, f"--eval-every must be >= 1 (got {config.eval_every})"),
+        (config.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (got {config.checkpoint_every})"),
         (config.clients is None or config.clients >= 1, f"--clients must be >= 1 (got {config.clients})"),
         (config.bn in ("global", "local"), f"--bn must be global or local (got {config.bn!r})"),
         (config.threads is None or config.threads >= 1, f"--threads must be >= 1 (got {config.threads})"),
@@ -180,32 +182,72 @@ def run_record(exp: Experiment) -> dict:
     }
 
 
-def run(config: Config | None = None, *, on_round=None, **overrides):
+def run(config: Config | None = None, *, resume=None, on_round=None, **overrides):
     """Run one experiment; returns the per-round metrics as a pandas DataFrame.
+
+    `resume` continues a run from its checkpoint instead (after a stop, or to extend a finished run with a
+    larger `rounds`): the run's .csv, .json or .ckpt path, its name in `out_dir`, or a `load_checkpoint`
+    result. The config is then the checkpoint's; `overrides` may change only the options that leave the
+    numbers alone (`RESUMABLE_OPTIONS`: rounds, eval_every, executor, device, ...). Rows after the
+    checkpoint's round are dropped and computed again; the DataFrame holds all the run's rows. A run that
+    has already completed its rounds is left as it is.
 
     `on_round(row, total_rounds)` is called after each evaluated round (the CLI's progress bar).
     Raises FedsimError on bad input and DivergenceError (rows written so far stay) on NaN/inf.
     """
     import pandas as pd
 
-    config = dataclasses.replace(config or Config(), **overrides)
+    checkpoint = None
+    if resume is None:
+        config = dataclasses.replace(config or Config(), **overrides)
+    elif config is not None:
+        raise TypeError("run(resume=...) takes the config from the checkpoint; pass changes as keyword arguments")
+    else:
+        checkpoint = resume
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = load_checkpoint(resume, overrides.get("out_dir", Config.out_dir))
+        config = checkpoint.resumed_config(overrides)
+        if checkpoint.round >= config.rounds:
+            return pd.DataFrame(read_rows(checkpoint.path.with_suffix(".csv"), checkpoint.round)[1])
     exp = setup(config)
-    writer = RunWriter(config.out_dir, config.run_name(), config.overwrite, run_record(exp))
-    rows: list[dict] = []
+    partition_sha256 = exp.partition.meta.get("sha256")
+    if checkpoint is None:
+        start = Progress(0, exp.algorithm.init_server(model_state(exp.model)), {})
+    elif checkpoint.partition_sha256 != partition_sha256:
+        raise FedsimError(f"checkpoint {checkpoint.path} was made on another partition (sha256 "
+                          f"{str(checkpoint.partition_sha256)[:12]}..., now {partition_sha256[:12]}...): the "
+                          "partition file or the dataset changed; resuming needs the same split")
+    else:
+        start = checkpoint.progress.to(exp.device)
+    writer = RunWriter(config.out_dir, config.run_name(), config.overwrite, run_record(exp),
+                       resume_round=None if checkpoint is None else checkpoint.round)
+    done, saved = start, start.round  # the last completed round, and the last checkpointed one
+
+    def save(progress: Progress) -> int:
+        save_checkpoint(writer.ckpt_path, config, partition_sha256, progress)
+        return progress.round
+
+    every = config.checkpoint_every
     status, detail = "stopped", None
     try:
         with _stop_on_sigterm():
-            _round_loop(exp, writer, rows, on_round)
+            for done, row in _round_loop(exp, writer, start):
+                if row is not None and on_round is not None:
+                    on_round(row, config.rounds)
+                if every and (done.round % every == 0 or done.round == config.rounds):
+                    saved = save(done)
         status = "finished"
-    except DivergenceError as e:
+    except DivergenceError as e:  # the state is NaN: the last good checkpoint stays
         status, detail = "diverged", str(e)
         raise
-    except KeyboardInterrupt:
-        detail = f"stopped after round {rows[-1]['round'] if rows else 0}"
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: checkpoint the last completed round, so the run can go on
+        if every and done.round > saved:
+            saved = save(done)
+        detail = f"stopped after round {done.round}" + (f"; checkpoint at round {saved}" if saved else "")
         raise
     finally:
-        writer.close(status, detail, _summary(rows))
-    return pd.DataFrame(rows)
+        writer.close(status, detail, _summary(writer.rows))
+    return pd.DataFrame(writer.rows)
 
 
 @contextmanager
@@ -225,16 +267,20 @@ def _stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _round_loop(exp: Experiment, writer: RunWriter, rows: list[dict], on_round) -> None:
+def _round_loop(exp: Experiment, writer: RunWriter, start: Progress):
+    """Rounds start.round + 1 to --rounds; yields (the Progress after the round, its row or None) for each.
+
+    A round is complete once aggregated and its row (when due) written; the Progress yielded then does not
+    change afterwards (the store's `put` replaces entries), so it can be checkpointed at any later moment.
+    """
     config, algo, part = exp.config, exp.algorithm, exp.partition
-    initial = model_state(exp.model)
-    server = algo.init_server(initial)
-    store = ClientStore(algo.personal_initial(initial))
+    server = start.server
+    store = ClientStore(algo.personal_initial(model_state(exp.model)), start.clients)
     eligible = np.flatnonzero(part.train_sizes > 0)
     cohort_size = min(max(round(config.fraction * len(eligible)), config.min_clients, 1), len(eligible))
-    started = time.perf_counter()
-    sent_up = sent_down = 0  # bytes since the last written row, so --eval-every never drops any
-    for r in range(1, config.rounds + 1):
+    started = time.perf_counter() - start.elapsed_seconds
+    sent_up, sent_down = start.bytes_up, start.bytes_down  # since the last written row: --eval-every drops none
+    for r in range(start.round + 1, config.rounds + 1):
         round_start = time.perf_counter()
         lr = config.lr * config.lr_decay ** (r - 1)
         jobs = [algo.client_job(server, store, int(c)) for c in exp.cohort(r, eligible, cohort_size)]
@@ -249,20 +295,19 @@ def _round_loop(exp: Experiment, writer: RunWriter, rows: list[dict], on_round) 
             _diverged(r, None, float("nan"), lr)
         sent_up += len(results) * algo.bytes_up(server)
         sent_down += len(results) * algo.bytes_down(server)
-        if r % config.eval_every and r != config.rounds:
-            continue
-        row = {"round": r, "clients": len(results),
-               "train_loss": float(np.average([x.loss for x in results], weights=[x.num_samples for x in results])),
-               **evaluate(exp, server, store),
-               "bytes_up": sent_up, "bytes_down": sent_down}
-        sent_up = sent_down = 0
-        now = time.perf_counter()
-        row["round_seconds"] = now - round_start
-        row["elapsed_seconds"] = now - started
-        writer.append(row)
-        rows.append(row)
-        if on_round is not None:
-            on_round(row, config.rounds)
+        row = None
+        if r % config.eval_every == 0 or r == config.rounds:
+            row = {"round": r, "clients": len(results),
+                   "train_loss": float(np.average([x.loss for x in results],
+                                                  weights=[x.num_samples for x in results])),
+                   **evaluate(exp, server, store),
+                   "bytes_up": sent_up, "bytes_down": sent_down}
+            sent_up = sent_down = 0
+            now = time.perf_counter()
+            row["round_seconds"] = now - round_start
+            row["elapsed_seconds"] = now - started
+            writer.append(row)
+        yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started), row
 
 
 def _diverged(round: int, client: int | None, last_finite: float, lr: float):
