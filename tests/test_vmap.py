@@ -299,18 +299,32 @@ def test_run_end_to_end_vmap_matches_sequential(tmp_path):
     assert np.abs(curves["vmap"] - curves["sequential"]).max() <= 0.2, curves
 
 
-def test_auto_executor_trains_batchnorm_models_with_vmap(tmp_path):
+def test_batchnorm_conv_model_end_to_end_vmap_matches_sequential(tmp_path):
     import json
 
     import fedsim
 
     losses = {}
-    for ex in ("sequential", "auto"):
+    for ex in ("sequential", "vmap"):
         df = fedsim.run(fedsim.Config(dataset="digits", model="cnn-bn", rounds=1, fraction=0.3, local_steps=2,
                                       executor=ex, out_dir=str(tmp_path), name=ex, quiet=True, device="cpu"))
         losses[json.loads((tmp_path / f"{ex}.json").read_text())["executor"]["name"]] = df["test_loss"].iloc[-1]
     assert losses.keys() == {"sequential", "vmap"}
     assert abs(losses["vmap"] - losses["sequential"]) <= TOL * losses["sequential"], losses
+
+
+@pytest.mark.parametrize("model,executor", [("mlp", "vmap"), ("cnn", "sequential"), ("cnn-bn", "sequential")])
+def test_auto_executor_on_cpu_keeps_convolutions_sequential(model, executor):
+    from fedsim.engine.run import make_executor
+
+    net = build_model(model, (1, 8, 8), 4)
+    data = tiny_data(shape=(1, 8, 8))
+    spec = LocalSpec(OptimizerSpec("sgd", 0.1), batch_size=4)
+    chosen = make_executor(Config(executor="auto"), net, data, spec, FedAvg(Config(), keys_of(net)))
+    assert chosen.name == executor
+    if executor == "sequential":
+        assert "convolutions" in chosen.reason and "--executor vmap" in chosen.reason
+    assert make_executor(Config(executor="vmap"), net, data, spec, FedAvg(Config(), keys_of(net))).name == "vmap"
 
 
 @pytest.mark.parametrize("name,kw", [
