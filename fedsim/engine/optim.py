@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedsim.engine.outer import OuterProduct
 from fedsim.errors import FedsimError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -41,24 +42,20 @@ class OptimizerSpec:
 
     def step_(self, params: dict, grads: dict, state: dict, lr: float) -> dict:
         """One step in place with torch._foreach ops (params may be one client's or K clients' stacked).
-        Updates `params` and the state's tensors; returns the new state. Matches torch.optim's rules."""
+        Updates `params` and the state's tensors; returns the new state. Matches torch.optim's rules.
+
+        A gradient may be an `OuterProduct` (a Linear weight's, from the vmap executor): SGD adds it to the
+        weight, or to the momentum buffer, in place; Adam forms it first."""
         t, keys = state["step"] + 1, list(params)
-        p, g = [params[k] for k in keys], [grads[k] for k in keys]
+        if self.name != "sgd":
+            grads = {k: g.full() if isinstance(g, OuterProduct) else g for k, g in grads.items()}
+        outer = [k for k in keys if isinstance(grads[k], OuterProduct)]
+        dense = [k for k in keys if k not in outer]
+        p, g = [params[k] for k in dense], [grads[k] for k in dense]
         if self.weight_decay and self.name != "adamw":
             g = torch._foreach_add(g, p, alpha=self.weight_decay)
         if self.name == "sgd":
-            if not self.momentum:
-                torch._foreach_add_(p, g, alpha=-lr)
-                return {"step": t}
-            if t == 1:  # torch.optim.SGD: the buffer starts as the first gradient itself
-                buf = [x.clone() for x in g]
-            else:
-                buf = [state["buf"][k] for k in keys]
-                torch._foreach_mul_(buf, self.momentum)
-                torch._foreach_add_(buf, g)
-            torch._foreach_add_(p, torch._foreach_add(g, buf, alpha=self.momentum) if self.nesterov else buf,
-                                alpha=-lr)
-            return {"step": t, "buf": dict(zip(keys, buf, strict=True))}
+            return self._sgd_(params, grads, state, lr, t, dense, outer, p, g)
         b1, b2 = self.betas
         if self.name == "adamw":
             torch._foreach_mul_(p, 1 - lr * self.weight_decay)
@@ -71,6 +68,40 @@ class OptimizerSpec:
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(p, m, denom, value=-lr / (1 - b1**t))
         return {"step": t, "m": state["m"], "v": state["v"]}
+
+    def _sgd_(self, params, grads, state, lr, t, dense, outer, p, g) -> dict:
+        """SGD (momentum, Nesterov, weight decay) as torch.optim.SGD; `outer` gradients are never formed."""
+        wd, m = self.weight_decay, self.momentum
+        if not m:
+            torch._foreach_add_(p, g, alpha=-lr)
+            for k in outer:  # p - lr * (g + wd * p) = (1 - lr * wd) * p - lr * g
+                if wd:
+                    params[k].mul_(1 - lr * wd)
+                grads[k].add_to_(params[k], alpha=-lr)
+            return {"step": t}
+        if t == 1:  # torch.optim.SGD: the buffer starts as the first gradient itself
+            buf = dict(zip(dense, (x.clone() for x in g), strict=True))
+            for k in outer:
+                buf[k] = grads[k].full() + params[k] * wd if wd else grads[k].full()
+        else:
+            buf = state["buf"]
+            torch._foreach_mul_([buf[k] for k in dense], m)
+            torch._foreach_add_([buf[k] for k in dense], g)
+            for k in outer:  # buf = m * buf + g, the outer product added in the same pass
+                grads[k].add_to_(buf[k], alpha=1.0, beta=m)
+                if wd:
+                    buf[k].add_(params[k], alpha=wd)
+        b = [buf[k] for k in dense]
+        torch._foreach_add_(p, torch._foreach_add(g, b, alpha=m) if self.nesterov else b, alpha=-lr)
+        for k in outer:
+            if self.nesterov:  # p - lr * (g + wd * p + m * buf)
+                if wd:
+                    params[k].mul_(1 - lr * wd)
+                params[k].add_(buf[k], alpha=-lr * m)
+                grads[k].add_to_(params[k], alpha=-lr)
+            else:
+                params[k].add_(buf[k], alpha=-lr)
+        return {"step": t, "buf": buf}
 
 
 def clip_by_global_norm(grads: dict, max_norm: float | None) -> dict:
