@@ -52,7 +52,7 @@ class OptimizerSpec:
         outer = [k for k in keys if isinstance(grads[k], OuterProduct)]
         dense = [k for k in keys if k not in outer]
         p, g = [params[k] for k in dense], [grads[k] for k in dense]
-        if self.weight_decay and self.name != "adamw":
+        if self.weight_decay and self.name != "adamw" and dense:
             g = torch._foreach_add(g, p, alpha=self.weight_decay)
         if self.name == "sgd":
             return self._sgd_(params, grads, state, lr, t, dense, outer, p, g)
@@ -73,7 +73,8 @@ class OptimizerSpec:
         """SGD (momentum, Nesterov, weight decay) as torch.optim.SGD; `outer` gradients are never formed."""
         wd, m = self.weight_decay, self.momentum
         if not m:
-            torch._foreach_add_(p, g, alpha=-lr)
+            if dense:
+                torch._foreach_add_(p, g, alpha=-lr)
             for k in outer:  # p - lr * (g + wd * p) = (1 - lr * wd) * p - lr * g
                 if wd:
                     params[k].mul_(1 - lr * wd)
@@ -85,14 +86,16 @@ class OptimizerSpec:
                 buf[k] = grads[k].full() + params[k] * wd if wd else grads[k].full()
         else:
             buf = state["buf"]
-            torch._foreach_mul_([buf[k] for k in dense], m)
-            torch._foreach_add_([buf[k] for k in dense], g)
+            if dense:
+                torch._foreach_mul_([buf[k] for k in dense], m)
+                torch._foreach_add_([buf[k] for k in dense], g)
             for k in outer:  # buf = m * buf + g, the outer product added in the same pass
                 grads[k].add_to_(buf[k], alpha=1.0, beta=m)
                 if wd:
                     buf[k].add_(params[k], alpha=wd)
-        b = [buf[k] for k in dense]
-        torch._foreach_add_(p, torch._foreach_add(g, b, alpha=m) if self.nesterov else b, alpha=-lr)
+        if dense:
+            b = [buf[k] for k in dense]
+            torch._foreach_add_(p, torch._foreach_add(g, b, alpha=m) if self.nesterov else b, alpha=-lr)
         for k in outer:
             if self.nesterov:  # p - lr * (g + wd * p + m * buf)
                 if wd:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 
 @dataclass
@@ -48,6 +50,11 @@ class OuterProduct:
         return g if self.dense is None else g + self.dense
 
 
+def weight_key(module_name: str) -> str:
+    """The state key of a module's weight ("weight" for the root module)."""
+    return f"{module_name}.weight" if module_name else "weight"
+
+
 def tappable_linears(model: nn.Module, trainable: set[str]) -> dict[str, nn.Linear]:
     """The nn.Linear modules whose weight gradient can be taken as an outer product: a trainable weight of its
     own (not tied to another module's), used as F.linear(x, weight) on the module's input."""
@@ -55,14 +62,14 @@ def tappable_linears(model: nn.Module, trainable: set[str]) -> dict[str, nn.Line
     for _, p in model.named_parameters(remove_duplicate=False):
         owners[id(p)] = owners.get(id(p), 0) + 1
     return {name: m for name, m in model.named_modules()
-            if type(m) is nn.Linear and f"{name}.weight" in trainable and owners[id(m.weight)] == 1}
+            if type(m) is nn.Linear and weight_key(name) in trainable and owners[id(m.weight)] == 1}
 
 
 class LinearTaps:
     """Forward hooks on `linears` that record each layer's input and add a probe to its output (see module doc).
 
-    The hooks do nothing outside `record()`. Layers not called exactly once per forward pass (weight used
-    twice, or skipped) cannot be tapped this way; `probes` finds them by a dry run and leaves them out.
+    The hooks do nothing outside `record()`. Layers not called exactly once per forward pass, or whose weight
+    is also used outside it, cannot be tapped this way; `probes` finds them by a dry run and leaves them out.
     """
 
     def __init__(self, linears: dict[str, nn.Linear]):
@@ -87,16 +94,20 @@ class LinearTaps:
     def probes(self, model: nn.Module, params: dict, rest: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Zero probes for K stacked clients' batches x (K, rows, ...), which autograd differentiates with respect to.
 
-        The layers' output shapes come from a dry run of the first client (cached per batch shape), on copies of
-        its buffers so that nothing it holds changes."""
+        Which layers, and their output shapes, come from a dry run of the first client (cached per batch shape)
+        on copies of its buffers, so that nothing it holds changes. A layer is tapped only if its forward ran
+        once and its weight entered exactly one torch call (that forward's F.linear): a weight also read
+        elsewhere (tied, or used directly by the model's code) would lose that use's gradient when detached."""
         key = tuple(x.shape[1:])
         if key not in self._shapes:
             state = {**{k: v[0] for k, v in params.items()}, **{k: v[0].clone() for k, v in rest.items()}}
+            weights = {id(state[weight_key(name)]): name for name in self.linears}
             self._calls = {}
             try:
-                with torch.no_grad():
+                with torch.no_grad(), _CountUses(weights) as uses:
                     torch.func.functional_call(model, state, (x[0],))
-                self._shapes[key] = {n: (shape, dtype) for n, (calls, shape, dtype) in self._calls.items() if calls == 1}
+                self._shapes[key] = {n: (shape, dtype) for n, (calls, shape, dtype) in self._calls.items()
+                                     if calls == 1 and uses.counts.get(n) == 1}
             finally:
                 self._calls = None
         return {name: torch.zeros((len(x), *shape), device=x.device, dtype=dtype, requires_grad=True)
@@ -105,12 +116,29 @@ class LinearTaps:
     @contextmanager
     def record(self, probes: dict):
         """Within: tapped layers add `probes[name]` to their output; yields the dict their inputs land in."""
-        self._probes, self._inputs = probes, {}
+        inputs = {}
+        self._probes, self._inputs = probes, inputs
         try:
-            yield self._inputs
-        finally:
-            self._probes = None
+            yield inputs
+        finally:  # nothing recorded stays on self (under torch.compile, tensors on self would leak from the graph)
+            self._probes, self._inputs = None, {}
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+class _CountUses(TorchFunctionMode):
+    """Counts, per watched tensor (by id), the torch calls that take it as an argument."""
+
+    def __init__(self, watched: dict[int, str]):
+        super().__init__()
+        self.watched, self.counts = watched, {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for a in tree_flatten((args, kwargs))[0]:
+            name = self.watched.get(id(a)) if isinstance(a, torch.Tensor) else None
+            if name is not None:
+                self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **kwargs)

@@ -46,7 +46,7 @@ from fedsim.algorithms.base import ClientJob, ClientResult, Phase
 from fedsim.engine import rng
 from fedsim.engine.local import ClientData, LocalSpec, batch_schedule, client_objective
 from fedsim.engine.optim import clip_by_global_norm
-from fedsim.engine.outer import LinearTaps, OuterProduct, tappable_linears
+from fedsim.engine.outer import LinearTaps, OuterProduct, tappable_linears, weight_key
 
 
 def vmap_unsupported_reason(model: nn.Module, algorithm=None) -> str | None:
@@ -261,15 +261,17 @@ class VmapExecutor:
         found = torch.autograd.grad(total, wrt, allow_unused=True)
         grads = {k: g for k, g in zip(leaves, found, strict=False)}
         for name, dy in zip(probes, found[len(leaves):], strict=True):
-            key = f"{name}.weight"  # the weight's own gradient, if any, is a penalty's (FedProx): kept beside
-            grads[key] = OuterProduct(dy, inputs[name], grads[key])
+            key = weight_key(name)  # the weight's own gradient, if any, is a penalty's (FedProx): kept beside
+            x = inputs[name]  # rows are every position the layer saw: (K, batch[, tokens...], features)
+            grads[key] = OuterProduct(dy.reshape(len(dy), -1, dy.shape[-1]), x.reshape(len(x), -1, x.shape[-1]),
+                                      grads[key])
         return {k: torch.zeros_like(leaves[k]) if g is None else g for k, g in grads.items()}, loss
 
     def _taps(self, phase: Phase, params: dict) -> LinearTaps | None:
         """Taps for the Linear layers whose weight gradient can stay an outer product in this phase: plain
         cross-entropy (no custom loss), SGD, and no gradient correction or clipping (those need it formed)."""
         if phase.loss is not None or phase.correction is not None or self.spec.clip is not None \
-                or self.spec.optimizer.name != "sgd" or self.compile:
+                or self.spec.optimizer.name != "sgd":
             return None
         linears = tappable_linears(self.model, set(params))
         return LinearTaps(linears) if linears else None
@@ -281,7 +283,7 @@ class VmapExecutor:
         def client_forward(params, probes, rest, x, y, ctx, w):
             with taps.record(probes) if taps is not None else nullcontext({}) as inputs:
                 objective, loss = client_objective(model, phase, params, rest, x, y, ctx, w,
-                                                   detach=[f"{name}.weight" for name in probes])
+                                                   detach=[weight_key(name) for name in probes])
             return objective, loss, dict(inputs)
 
         fn = vmap(client_forward, in_dims=(0, 0, 0, 0, 0, ctx_dims, 0))
