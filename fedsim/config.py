@@ -69,7 +69,7 @@ class Config:
     executor: str = "auto"               # auto | sequential | vmap
     cohort_chunk: int | None = None      # vmap: clients trained together at most (default: whole cohort)
     compile: bool = False                # torch.compile the vmap step
-    threads: int | None = None           # CPU threads for torch (default 1: small steps gain nothing from more)
+    threads: int | None = None           # CPU threads for torch (default: every core for vmap, 1 for sequential)
     # --- run --------------------------------------------------------------------------------
     seed: int = 0
     eval_every: int = 1

@@ -11,8 +11,10 @@ timed, not setup.
 
 Reported per method: the median seconds of `--rounds` timed rounds after one warm-up round; the median
 ratio to a one-model loop (a round's worth of plain-torch SGD steps at batch 10 on one model, 600; 6,000
-for w-large). The timed rounds go round-robin over the methods (one pass = one round of each), so each
-ratio compares rounds run moments apart, and a change in a shared machine's load cannot favour one method.
+for w-large; on a CPU with --threads above 1, the faster, pass by pass, of that loop on 1 thread and on
+--threads, so that no ratio is taken against a loop slowed by threads it cannot use). The timed rounds
+go round-robin over the methods (one pass = one round of each), so each ratio compares rounds run
+moments apart, and a change in a shared machine's load cannot favour one method.
 Also: peak memory in the method's first round (RSS, or CUDA max allocated); start-up (the first round,
 compile included); on CUDA, the GPU's busy percentage (NVML) while the method's rounds ran.
 """
@@ -172,6 +174,19 @@ def one_model_method(w: Workload, steps: int):
     return round_fn
 
 
+def on_threads(n: int, round_fn):
+    """round_fn run with n torch threads (the process's setting restored after)."""
+    def run(r: int):
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            round_fn(r)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
 def flower_method(w: Workload, rounds: int):
     """Flower's simulation engine (Ray), the same clients and model; returns (startup, per-round times)."""
     import flwr as fl
@@ -291,14 +306,18 @@ def main() -> None:
           f"cpu {cpu}  {args.rounds} timed rounds after 1 warm-up{'  malloc tuned' if args.malloc_tune else ''}")
 
     methods = [
-        ("unit", "one-model loop (unit)", lambda: one_model_method(w, steps)),
+        ("unit", f"one-model loop, {torch.get_num_threads()} thread(s)", lambda: one_model_method(w, steps)),
+        ("unit1", "one-model loop, 1 thread", lambda: on_threads(1, one_model_method(w, steps))),
         ("sequential", "fedsim sequential", lambda: fedsim_method(w, SequentialExecutor)),
         ("vmap", "fedsim vmap", lambda: fedsim_method(w, lambda m, d, s: VmapExecutor(m, d, s, chunk=args.chunk))),
         ("compile", "fedsim vmap --compile",
          lambda: fedsim_method(w, lambda m, d, s: VmapExecutor(m, d, s, chunk=args.chunk, compile=True))),
         ("plain", "plain PyTorch loop", lambda: plain_torch_method(w)),
     ]
-    methods = [m for m in methods if m[0] == "unit" or m[0] not in skip]
+    # The unit is the faster of the two one-model loops in each pass: on a CPU one thread is often faster for
+    # a batch-10 step, and a ratio to a loop slowed by threads it cannot use would flatter everything else.
+    methods = [m for m in methods if m[0] == "unit" or m[0] not in skip
+               and not (m[0] == "unit1" and (device.type != "cpu" or torch.get_num_threads() == 1))]
     # Start-up and peak memory: each method's first round, alone. Then the timed rounds go round-robin over
     # the methods, so a change in the machine's load hits all of them alike and each ratio is taken against
     # the unit's time in the same pass.
@@ -314,7 +333,8 @@ def main() -> None:
         for key, _, _ in methods:
             times[key].append(timed(round_fns[key], r, device, sample_busy, busy[key]))
         print(f"  pass {r - 1}: " + "  ".join(f"{key} {times[key][-1]:.3f}s" for key, _, _ in methods), flush=True)
-    rows = [(label, times[key], [t / u for t, u in zip(times[key], times["unit"], strict=True)], peak[key],
+    unit_times = [min(pair) for pair in zip(*(times[k] for k in ("unit", "unit1") if k in times), strict=True)]
+    rows = [(label, times[key], [t / u for t, u in zip(times[key], unit_times, strict=True)], peak[key],
              startup[key], busy[key]) for key, label, _ in methods]
     if args.flower:
         try:
@@ -324,7 +344,7 @@ def main() -> None:
         else:
             memory.reset()
             flower_startup, flower_times = flower_method(w, args.rounds)
-            unit = statistics.median(times["unit"])
+            unit = statistics.median(unit_times)
             rows.append(("Flower simulation (run after the others)", flower_times, [t / unit for t in flower_times],
                          memory.peak_mb(), flower_startup, []))
 

@@ -313,17 +313,20 @@ def test_batchnorm_conv_model_end_to_end_vmap_matches_sequential(tmp_path):
     assert abs(losses["vmap"] - losses["sequential"]) <= TOL * losses["sequential"], losses
 
 
-@pytest.mark.parametrize("model,executor", [("mlp", "vmap"), ("cnn", "sequential"), ("cnn-bn", "sequential")])
-def test_auto_executor_on_cpu_keeps_convolutions_sequential(model, executor):
+@pytest.mark.parametrize("model,shape,executor", [
+    ("mlp", (1, 8, 8), "vmap"), ("cnn", (1, 8, 8), "vmap"), ("cnn-bn", (1, 8, 8), "vmap"),  # Linear-heavy
+    ("resnet18", (3, 8, 8), "sequential"),  # convolutions hold nearly all the weights
+])
+def test_auto_executor_on_cpu_keeps_convolution_heavy_models_sequential(model, shape, executor):
     from fedsim.engine.run import make_executor
 
-    net = build_model(model, (1, 8, 8), 4)
-    data = tiny_data(shape=(1, 8, 8))
+    net = build_model(model, shape, 4)
+    data = tiny_data(shape=shape)
     spec = LocalSpec(OptimizerSpec("sgd", 0.1), batch_size=4)
     chosen = make_executor(Config(executor="auto"), net, data, spec, FedAvg(Config(), keys_of(net)))
     assert chosen.name == executor
     if executor == "sequential":
-        assert "convolutions" in chosen.reason and "--executor vmap" in chosen.reason
+        assert "convolutions hold most" in chosen.reason and "--executor vmap" in chosen.reason
     assert make_executor(Config(executor="vmap"), net, data, spec, FedAvg(Config(), keys_of(net))).name == "vmap"
 
 

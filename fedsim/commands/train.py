@@ -131,7 +131,8 @@ def train(
                                                      rich_help_panel=_RUN)] = None,
     compile: Annotated[bool, typer.Option("--compile", help="vmap: torch.compile the local step.",
                                           rich_help_panel=_RUN)] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default 1).",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: every core for the vmap "
+                                                "executor, 1 for sequential).",
                                                 rich_help_panel=_RUN)] = None,
     seed: SeedOpt = 0,
     eval_every: Annotated[int, typer.Option(help="Evaluate (and write a CSV row) every N rounds.",
