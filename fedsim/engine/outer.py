@@ -78,6 +78,7 @@ class LinearTaps:
         self._inputs: dict = {}
         self._calls: dict | None = None
         self._shapes: dict = {}
+        self._probes_by_shape: dict = {}
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in linears.items()]
 
     def _hook(self, name):
@@ -110,8 +111,11 @@ class LinearTaps:
                                      if calls == 1 and uses.counts.get(n) == 1}
             finally:
                 self._calls = None
-        return {name: torch.zeros((len(x), *shape), device=x.device, dtype=dtype, requires_grad=True)
+        if x.shape not in self._probes_by_shape:  # never written (autograd.grad fills no .grad): reused
+            self._probes_by_shape[x.shape] = {
+                name: torch.zeros((len(x), *shape), device=x.device, dtype=dtype, requires_grad=True)
                 for name, (shape, dtype) in self._shapes[key].items()}
+        return self._probes_by_shape[x.shape]
 
     @contextmanager
     def record(self, probes: dict):

@@ -6,8 +6,12 @@ that exact:
 
 - Stacking: each client's state, and each ctx tensor that differs between clients, gets a leading cohort
   dimension; ctx tensors every job shares (FedProx's global weights) go in once, unbatched. One step is
-  one index gather `data.x[idx]` with idx of shape (clients, batch) and one vmapped grad of the
-  functional model.
+  one row gather of the batches, idx of shape (clients, batch), one vmapped forward pass of the functional
+  model that gives every client's objective, and one autograd backward pass of their sum: clients share no
+  parameters, so each gets exactly its own gradient.
+- Linear layers (outer.py): under SGD, with no gradient correction or clipping, a Linear weight's gradient
+  is kept as its two factors (the layer's input and output gradient) and added to the weight in place, never
+  formed: for a stacked cohort, writing and reading the formed gradients was most of a step on the CPU.
 - Unequal step counts: clients are sorted by size, largest first, so the clients still training are always
   a prefix of the stack, and each step works on views of that prefix. A client that has taken all its steps
   drops out of the prefix, so it takes no step it would not take alone: its parameters, optimizer state and
@@ -18,14 +22,15 @@ that exact:
   own `loss`, and a model with BatchNorm (padded rows would enter its batch statistics), get no padded
   rows: a step whose real batch sizes differ runs once per size, on copies of those clients' stacks.
 - BatchNorm: each client's running statistics and batch count are stacked with its state (`rest`), and in
-  train mode BatchNorm updates batched running statistics in place under vmap(grad(...)). The updates
+  train mode BatchNorm updates batched running statistics in place under vmap. The updates
   reach the stack through the prefix views; the once-per-size groups write theirs back.
 - The optimizer updates the stacked parameters in place (`OptimizerSpec.step_`, torch._foreach ops): with
   K clients stacked, out-of-place updates allocate K-times-model-sized temporaries every step.
 
 Memory grows with the chunk (`chunk` clients at once), not with the cohort. `compile=True` wraps the
-vmapped gradient in torch.compile: one compile per distinct stack size (a full chunk; then, as clients
-finish, one dynamic-size graph and one for a single client; with BatchNorm, also per real batch width).
+vmapped forward pass in torch.compile (AOTAutograd compiles its backward too): one compile per distinct
+stack size (a full chunk; then, as clients finish, one dynamic-size graph and one for a single client; with
+BatchNorm, also per real batch width).
 
 Models with dropout or with BatchNorm's cumulative average (momentum=None), and algorithms with
 `vmap_ok = False`, stay with the sequential executor (`vmap_unsupported_reason`).
@@ -152,14 +157,12 @@ class VmapExecutor:
         return results
 
     def _train_chunk(self, phases, jobs, round, lr) -> list[ClientResult]:
-        spec, dev = self.spec, self.data.x.device
+        spec = self.spec
         sizes = [self.data.size(job.client) for job in jobs]
         gens = [rng.keyed_rng(rng.BATCHES, spec.seed, round, job.client) for job in jobs]
         ctx, ctx_dims = _stack_ctx(jobs)
         state = _stack([job.start for job in jobs])
-        loss_sum = torch.zeros(len(jobs), device=dev)
-        last_finite = torch.full((len(jobs),), float("nan"), device=dev)
-        states, steps = [], []
+        states, steps, losses = [], [], []
         for phase in phases:
             if phase.start is not None:
                 state = _stack([job.ctx[phase.start] for job in jobs])
@@ -167,16 +170,20 @@ class VmapExecutor:
                                         None if phase.epochs else spec.steps) for g, n in zip(gens, sizes, strict=True)]
             params = {k: state[k] for k in self.param_names if phase.trainable is None or k in phase.trainable}
             rest = {k: v for k, v in state.items() if k not in params}
-            params = self._train_phase(phase, jobs, schedules, params, rest, ctx, ctx_dims, lr, loss_sum,
-                                       last_finite)
+            params, phase_losses = self._train_phase(phase, jobs, schedules, params, rest, ctx, ctx_dims, lr)
             state = {**rest, **params}
+            losses.append(phase_losses)
             states.append(state)
             steps.append([len(s) for s in schedules])
-        loss_sum, last_finite = loss_sum.tolist(), last_finite.tolist()
-        return [ClientResult(job.client, sizes[i], [{k: v[i].clone() for k, v in s.items()} for s in states],
-                             [st[i] for st in steps], loss_sum[i] / max(sum(st[i] for st in steps), 1),
-                             last_finite[i], lr)
-                for i, job in enumerate(jobs)]
+        losses = [t.cpu().numpy() for t in losses]  # per phase (steps, clients): client i took the first st[i]
+        results = []
+        for i, job in enumerate(jobs):
+            own = np.concatenate([t[: st[i], i] for t, st in zip(losses, steps, strict=True)])
+            finite = own[np.isfinite(own)]
+            results.append(ClientResult(job.client, sizes[i], [{k: v[i].clone() for k, v in s.items()} for s in states],
+                                        [st[i] for st in steps], float(own.sum()) / max(len(own), 1),
+                                        float(finite[-1]) if len(finite) else float("nan"), lr))
+        return results
 
     def _batches(self, jobs, schedules):
         """Sample indices (steps, clients, width), padded, and the real batch sizes (steps, clients)."""
@@ -192,8 +199,9 @@ class VmapExecutor:
                            for c, job in enumerate(jobs)], dim=1)
         return idx, counts
 
-    def _train_phase(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr, loss_sum, last_finite):
-        """Train the stacked `params` (copied, then updated in place); returns them after the phase."""
+    def _train_phase(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr):
+        """Train the stacked `params` (copied, then updated in place); returns them after the phase, and the data
+        losses (steps, clients), NaN where a client took no step."""
         spec, data = self.spec, self.data
         idx, counts = self._batches(jobs, schedules)
         mask = torch.from_numpy(np.arange(idx.shape[-1]) < counts[..., None]).to(data.x.device, torch.float32)
@@ -203,6 +211,7 @@ class VmapExecutor:
         forward, finish = self._objective_fn(phase, ctx_dims, taps), self._finish_fn(phase, ctx_dims)
         params = {k: p.clone() for k, p in params.items()}
         live, opt_state, active = params, spec.optimizer.init(params), len(jobs)
+        losses = torch.full((len(idx), len(jobs)), float("nan"), device=data.x.device)
         try:
             for s in range(len(idx)):
                 now = int((num_steps > s).sum())
@@ -218,12 +227,11 @@ class VmapExecutor:
                     grads = finish(grads, ctx)
                 with torch.no_grad():
                     opt_state = spec.optimizer.step_(live, grads, opt_state, lr)
-                loss_sum[:active] += loss
-                last_finite[:active] = torch.where(torch.isfinite(loss), loss, last_finite[:active])
+                losses[s, :active] = loss
         finally:
             if taps is not None:
                 taps.remove()
-        return params
+        return params, losses
 
     def _gradients(self, phase, forward, taps, live, rest, ctx, ctx_dims, x, y, w, n):
         """One step's gradients for the stacked clients (tapped Linear weights' as OuterProducts), and their losses.
