@@ -242,37 +242,32 @@ class VmapExecutor:
         parameters get its own gradient.
         """
         leaves = {k: p.detach().requires_grad_() for k, p in live.items()}
-        if not (phase.loss is not None or self.real_rows_only):
-            groups = [(None, x.shape[1])]
-        elif (n == n[0]).all():
-            groups = [(None, int(n[0]))]
-        else:
-            groups = [(torch.from_numpy(np.flatnonzero(n == size)).to(x.device), int(size)) for size in np.unique(n)]
-        total, loss, probes, inputs = 0.0, torch.empty(len(n), device=x.device), {}, {}
-        for sel, width in groups:
-            if sel is None:
-                xs, ys, ws = x[:, :width], y[:, :width], w[:, :width]
-                probes = {} if taps is None else taps.probes(self.model, live, rest, xs)
-                objective, lo, inputs = forward(leaves, probes, rest, xs, ys, ctx, ws)
-                loss = lo.detach()
-                total = objective.sum()
-                continue
-            taken = _take(rest, sel)  # copies (advanced indexing): in-place buffer updates land here
-            objective, lo, _ = forward(_take(leaves, sel), {}, taken, x[sel, :width], y[sel, :width],
-                                       _take(ctx, sel, ctx_dims), w[sel, :width])
-            total = total + objective.sum()
-            for k, t in taken.items():
-                if k in self.buffer_names:
-                    rest[k][sel] = t
-            loss[sel] = lo.detach()
-        wrt = [*leaves.values(), *probes.values()]
-        found = torch.autograd.grad(total, wrt, allow_unused=True)
-        grads = {k: g for k, g in zip(leaves, found, strict=False)}
+        padded = phase.loss is None and not self.real_rows_only
+        if padded or (n == n[0]).all():
+            width = x.shape[1] if padded else int(n[0])
+            x, y, w = x[:, :width], y[:, :width], w[:, :width]
+            probes = {} if taps is None else taps.probes(self.model, live, rest, x)
+            objective, loss, inputs = forward(leaves, probes, rest, x, y, ctx, w)
+            total, loss = objective.sum(), loss.detach()
+        else:  # once per real batch size
+            probes, total, loss = {}, 0.0, torch.empty(len(n), device=x.device)
+            for size in np.unique(n):
+                sel = torch.from_numpy(np.flatnonzero(n == size)).to(x.device)
+                taken = _take(rest, sel)  # copies (advanced indexing): in-place buffer updates land here
+                objective, lo, _ = forward(_take(leaves, sel), {}, taken, x[sel, :size], y[sel, :size],
+                                           _take(ctx, sel, ctx_dims), w[sel, :size])
+                total = total + objective.sum()
+                for k, t in taken.items():
+                    if k in self.buffer_names:
+                        rest[k][sel] = t
+                loss[sel] = lo.detach()
+        found = torch.autograd.grad(total, [*leaves.values(), *probes.values()], allow_unused=True)
+        grads = dict(zip(leaves, found, strict=False))
         for name, dy in zip(probes, found[len(leaves):], strict=True):
-            key = weight_key(name)  # the weight's own gradient, if any, is a penalty's (FedProx): kept beside
-            x = inputs[name]  # rows are every position the layer saw: (K, batch[, tokens...], features)
-            grads[key] = OuterProduct(dy.reshape(len(dy), -1, dy.shape[-1]), x.reshape(len(x), -1, x.shape[-1]),
-                                      grads[key])
+            key, seen = weight_key(name), inputs[name]  # (K, batch[, tokens...], features): every row the layer saw
+            # the weight's own gradient, if any, is a penalty's (FedProx): it stays beside the outer product
+            grads[key] = OuterProduct(dy.reshape(len(dy), -1, dy.shape[-1]),
+                                      seen.reshape(len(seen), -1, seen.shape[-1]), grads[key])
         return {k: torch.zeros_like(leaves[k]) if g is None else g for k, g in grads.items()}, loss
 
     def _taps(self, phase: Phase, params: dict) -> LinearTaps | None:
