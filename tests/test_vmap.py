@@ -375,3 +375,21 @@ def test_compiled_step_gives_the_same_numbers(model_fn, data_fn):
     executor = VmapExecutor(model, data, spec, compile=True)
     for r in (1, 1):  # the second round reuses the compiled step
         assert_same(seq, executor.train([Phase()], jobs(), r, 0.1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+@pytest.mark.parametrize("model_fn,shape,spec", [
+    (MLP, (6,), spec_of(momentum=0.9)),  # Linear weights as outer products
+    (MLP, (6,), spec_of("adam", lr=0.01, clip=0.3)),  # formed gradients, clipping
+    (cnn_bn, IMAGE, spec_of(momentum=0.9)),  # grouped convolutions, BatchNorm once per batch size
+], ids=["mlp-sgd", "mlp-adam-clip", "cnn-bn"])
+def test_cuda_vmap_matches_sequential(model_fn, shape, spec, monkeypatch):
+    # cuDNN's default TF32 convolutions keep 10 mantissa bits, and a grouped convolution may pick another
+    # algorithm than a plain one: off, so that the CPU's tolerance applies
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    model = model_fn().cuda()
+    cpu = tiny_data(shape=shape)
+    data = ClientData(cpu.x.cuda(), cpu.y.cuda(), cpu.indices.cuda(), cpu.offsets)
+    seq, vec = run_both(model, [Phase()], _jobs(model, lambda i: {}), spec, data=data)
+    assert_same(seq, vec)
