@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import typer
@@ -31,6 +32,9 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the fedsim version and exit."),
 ) -> None:
     warnings.formatwarning = _one_line_warning
+    # torch.compile on a CPU-only machine with a CUDA build of torch logs "No CUDA runtime is found" with a
+    # source location: nothing for the user to act on
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if version:
         from fedsim import __version__
 
