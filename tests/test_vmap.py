@@ -393,3 +393,18 @@ def test_cuda_vmap_matches_sequential(model_fn, shape, spec, monkeypatch):
     data = ClientData(cpu.x.cuda(), cpu.y.cuda(), cpu.indices.cuda(), cpu.offsets)
     seq, vec = run_both(model, [Phase()], _jobs(model, lambda i: {}), spec, data=data)
     assert_same(seq, vec)
+
+
+def test_compile_time_is_reported_apart(tmp_path):
+    import json
+
+    import fedsim
+
+    for compiled in (True, False):
+        fedsim.run(fedsim.Config(dataset="digits", rounds=1, fraction=0.3, local_steps=2, compile=compiled,
+                                 out_dir=str(tmp_path), name=str(compiled), quiet=True, device="cpu"))
+        summary = json.loads((tmp_path / f"{compiled}.json").read_text())["summary"]
+        if compiled:
+            assert 0 < summary["compile_seconds"] <= summary["elapsed_seconds"]
+        else:
+            assert "compile_seconds" not in summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -262,6 +263,10 @@ def _print_summary(cfg, df) -> None:
     table.add_row("final personalized accuracy (worst 10% of clients)", f"{last['personal_accuracy_p10']:.4f}")
     table.add_row("final train loss (this round's clients)", f"{last['train_loss']:.4f}")
     table.add_row("wall time", f"{last['elapsed_seconds']:.1f} s")
+    record = Path(cfg.out_dir) / (cfg.run_name() + ".json")
+    compiling = json.loads(record.read_text()).get("summary", {}).get("compile_seconds") if record.exists() else None
+    if compiling is not None:
+        table.add_row("of which torch.compile compiling (first rounds)", f"{compiling:.1f} s")
     console = Console()
     console.print(table)
     console.print(f"results: {Path(cfg.out_dir) / (cfg.run_name() + '.csv')} (+ .json)")

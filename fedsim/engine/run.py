@@ -258,6 +258,7 @@ def run(config: Config | None = None, *, resume=None, on_round=None, **overrides
 
     every = config.checkpoint_every
     status, detail = "stopped", None
+    compiled_before = compile_seconds()
     try:
         with _stop_on_sigterm():
             for done, row in _round_loop(exp, writer, start):
@@ -275,7 +276,10 @@ def run(config: Config | None = None, *, resume=None, on_round=None, **overrides
         detail = f"stopped after round {done.round}" + (f"; checkpoint at round {saved}" if saved else "")
         raise
     finally:
-        writer.close(status, detail, _summary(writer.rows))
+        summary = _summary(writer.rows)
+        if config.compile:  # cold compilation is inside the first rounds' round_seconds: its share, apart
+            summary["compile_seconds"] = round(compile_seconds() - compiled_before, 3)
+        writer.close(status, detail, summary)
     return pd.DataFrame(writer.rows)
 
 
@@ -345,6 +349,15 @@ def _diverged(round: int, client: int | None, last_finite: float, lr: float):
     raise DivergenceError(
         f"training diverged in round {round} ({where}: loss or weights became NaN/inf; {last}); "
         f"lower --lr (now {lr:g}) or add --clip 1.0", round, client)
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process, from its own timers (0 where they are absent)."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:
+        return 0.0
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
 
 
 def _summary(rows: list[dict]) -> dict:
