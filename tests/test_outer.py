@@ -103,3 +103,29 @@ def test_only_safely_tappable_layers_are_tapped_and_the_numbers_match(model_cls,
         taps.remove()
     seq, vec = run_both(model, [Phase()], _jobs(model, lambda i: {}), spec_of(momentum=0.9))
     assert_same(seq, vec)
+
+
+class Centered(nn.Module):
+    """Subtracts the batch mean: rows are not independent, so folding clients into one batch would mix them."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc = nn.Linear(6, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc(torch.tanh(h - h.mean(0)))
+
+
+@pytest.mark.parametrize("model_cls,folded", [(MLP, True), (Sequence, True), (Centered, False), (Tied, False)],
+                         ids=["mlp", "tokens", "batch-mean", "weight-read-directly"])
+def test_linear_only_models_fold_the_cohort_only_where_that_gives_vmaps_numbers(model_cls, folded):
+    """Also: a model that mixes its batch's rows trains on real rows only (no padding), as BatchNorm does."""
+    torch.manual_seed(0)
+    model = model_cls()
+    executor = VmapExecutor(model, tiny_data(), spec_of())
+    assert executor.folded == folded
+    assert ("folded" in executor.reason) == folded
+    assert executor.real_rows_only == (model_cls is Centered)  # its padded rows would enter the batch mean
+    seq, vec = run_both(model, [Phase()], _jobs(model, lambda i: {}), spec_of(momentum=0.9, weight_decay=0.01))
+    assert_same(seq, vec)

@@ -42,13 +42,15 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import vmap
+from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from fedsim.algorithms.base import ClientJob, ClientResult, Phase
 from fedsim.engine import rng
+from fedsim.engine.folded import FoldedLinears, foldable, folding_matches_vmap
 from fedsim.engine.local import ClientData, LocalSpec, batch_schedule, client_objective
 from fedsim.engine.optim import clip_by_global_norm
 from fedsim.engine.outer import LinearTaps, OuterProduct, tappable_linears, weight_key
@@ -74,6 +76,25 @@ def _has_batch_statistics(model: nn.Module) -> bool:
     """Whether a layer computes statistics over the batch's rows (BatchNorm; a norm tracking running stats)."""
     return any(isinstance(m, _BatchNorm) or (isinstance(m, _NormBase) and m.track_running_stats)
                for m in model.modules())
+
+
+def _rows_interact(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a row's output depends on the other rows of its batch (a batch mean in the model's forward, say):
+    the first three rows of `x` alone, and with a fourth row beside them, in train mode, on copies of the state."""
+    if len(x) < 4:
+        return False
+    state = {k: v.detach().clone() for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    training = model.training
+    model.train()
+    try:
+        with torch.no_grad():
+            alone = functional_call(model, {k: v.clone() for k, v in state.items()}, (x[:3],))
+            beside = functional_call(model, state, (x[:4],))[:3]
+    finally:
+        model.train(training)
+    if not isinstance(alone, torch.Tensor):  # not a classifier's logits: nothing here to compare
+        return False
+    return not torch.allclose(alone, beside, rtol=1e-5, atol=1e-6 * float(alone.abs().max()))
 
 
 def _head(tree, n: int, dims=None):
@@ -136,10 +157,13 @@ class VmapExecutor:
         self.model, self.data, self.spec, self.chunk, self.compile = model, data, spec, chunk, compile
         self.param_names = [k for k, _ in model.named_parameters()]
         self.buffer_names = {k for k, _ in model.named_buffers()}
-        self.real_rows_only = _has_batch_statistics(model)  # padded rows would enter BatchNorm's statistics
+        # padded rows would enter BatchNorm's statistics, or whatever else a row's output takes from its batch
+        self.real_rows_only = _has_batch_statistics(model) or _rows_interact(model, data.x)
+        self.folded = not compile and foldable(model) and folding_matches_vmap(model, data.x)
         self.reason = "trains the cohort together with torch.func.vmap " + \
             (f"(chunks of {chunk})" if chunk else "(whole cohort; chunks by free memory on CUDA)") + \
-            (", torch.compile'd step" if compile else "")
+            (", torch.compile'd step" if compile else "") + \
+            ("; a Linear-only model: the clients' rows are folded into one batch, without vmap" if self.folded else "")
 
     def train(self, phases: list[Phase], jobs: list[ClientJob], round: int, lr: float) -> list[ClientResult]:
         if not jobs:
@@ -280,8 +304,21 @@ class VmapExecutor:
         return LinearTaps(linears) if linears else None
 
     def _objective_fn(self, phase: Phase, ctx_dims, taps: LinearTaps | None):
-        """vmap over clients of: (objective, data loss, tapped layers' inputs); autograd takes the gradients."""
+        """vmap over clients of: (objective, data loss, tapped layers' inputs); autograd takes the gradients.
+        A Linear-only model computes the same, folded (folded.py), wherever the phase keeps the default loss."""
         model = self.model
+        if self.folded and phase.loss is None:
+            penalty = None if phase.penalty is None else vmap(phase.penalty, in_dims=(0, ctx_dims))
+
+            def folded_forward(params, probes, rest, x, y, ctx, w):
+                state = {**params, **rest}
+                with FoldedLinears(state, probes) as folded:
+                    logits = functional_call(model, state, (x.flatten(0, 1),))
+                rows = F.cross_entropy(logits, y.flatten(), reduction="none").view(len(w), -1)
+                loss = (rows * w).sum(1) / w.sum(1)
+                return loss if penalty is None else loss + penalty(params, ctx), loss, folded.inputs
+
+            return folded_forward
 
         def client_forward(params, probes, rest, x, y, ctx, w):
             with taps.record(probes) if taps is not None else nullcontext({}) as inputs:
