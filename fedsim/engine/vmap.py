@@ -160,10 +160,11 @@ class VmapExecutor:
         # padded rows would enter BatchNorm's statistics, or whatever else a row's output takes from its batch
         self.real_rows_only = _has_batch_statistics(model) or _rows_interact(model, data.x)
         self.folded = not compile and foldable(model) and folding_matches_vmap(model, data.x)
-        self.reason = "trains the cohort together with torch.func.vmap " + \
-            (f"(chunks of {chunk})" if chunk else "(whole cohort; chunks by free memory on CUDA)") + \
-            (", torch.compile'd step" if compile else "") + \
-            ("; a Linear-only model: the clients' rows are folded into one batch, without vmap" if self.folded else "")
+        how = "a Linear-only model: the clients' rows folded into one batch, each Linear per client as one " \
+              "batched matmul" if self.folded else "torch.func.vmap"
+        self.reason = f"trains the cohort together ({how}) " + \
+            (f"in chunks of {chunk}" if chunk else "as a whole cohort (chunks by free memory on CUDA)") + \
+            (", torch.compile'd step" if compile else "")
 
     def train(self, phases: list[Phase], jobs: list[ClientJob], round: int, lr: float) -> list[ClientResult]:
         if not jobs:
