@@ -12,6 +12,8 @@ that exact:
 - Linear layers (outer.py): under SGD, with no gradient correction or clipping, a Linear weight's gradient
   is kept as its two factors (the layer's input and output gradient) and added to the weight in place, never
   formed: for a stacked cohort, writing and reading the formed gradients was most of a step on the CPU.
+- Linear-only models (folded.py) run the same step without vmap: the clients' rows folded into one batch,
+  each Linear per client as one batched matmul, where a check at construction shows the numbers are vmap's.
 - Unequal step counts: clients are sorted by size, largest first, so the clients still training are always
   a prefix of the stack, and each step works on views of that prefix. A client that has taken all its steps
   drops out of the prefix, so it takes no step it would not take alone: its parameters, optimizer state and
