@@ -21,8 +21,9 @@ that exact:
   counter is one number.
 - Partial batches (the last batch of an epoch): batches are padded to the widest batch with a 0/1 mask, and
   the cross-entropy is the mask-weighted mean, i.e. F.cross_entropy over the real rows. A phase with its
-  own `loss`, and a model with BatchNorm (padded rows would enter its batch statistics), get no padded
-  rows: a step whose real batch sizes differ runs once per size, on copies of those clients' stacks.
+  own `loss`, and a model with BatchNorm or any other mixing of a batch's rows (padded rows would enter its
+  batch statistics; `_rows_interact` tries each model), get no padded rows: a step whose real batch sizes
+  differ runs once per size, on copies of those clients' stacks.
 - BatchNorm: each client's running statistics and batch count are stacked with its state (`rest`), and in
   train mode BatchNorm updates batched running statistics in place under vmap. The updates
   reach the stack through the prefix views; the once-per-size groups write theirs back.
@@ -263,10 +264,10 @@ class VmapExecutor:
     def _gradients(self, phase, forward, taps, live, rest, ctx, ctx_dims, x, y, w, n):
         """One step's gradients for the stacked clients (tapped Linear weights' as OuterProducts), and their losses.
 
-        A custom loss, and BatchNorm, see only real rows (no padding): when the clients' real batch sizes differ,
-        the forward pass runs once per size, on copies of those clients' stacks, and the buffers it updates
-        (BatchNorm's) are written back to `rest`. The objectives are summed for one backward pass: each client's
-        parameters get its own gradient.
+        A custom loss, BatchNorm, and any model whose rows interact see only real rows (no padding): when the
+        clients' real batch sizes differ, the forward pass runs once per size, on copies of those clients' stacks,
+        and the buffers it updates (BatchNorm's) are written back to `rest`. The objectives are summed for one
+        backward pass: each client's parameters get its own gradient.
         """
         leaves = {k: p.detach().requires_grad_() for k, p in live.items()}
         padded = phase.loss is None and not self.real_rows_only
