@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 def foldable(model: nn.Module) -> bool:
     """Every parameter belongs to an nn.Linear layer, and there are no buffers."""
     linear = {id(p) for m in model.modules() if type(m) is nn.Linear for p in m.parameters(recurse=False)}
-    return not any(True for _ in model.buffers()) and all(id(p) in linear for p in model.parameters())
+    return next(model.buffers(), None) is None and all(id(p) in linear for p in model.parameters())
 
 
 class FoldedLinears(TorchFunctionMode):
