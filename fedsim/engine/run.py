@@ -123,7 +123,7 @@ EXECUTORS = ("auto", "sequential", "vmap")
 def cpu_threads(config: Config, executor) -> int:
     """`--threads`, by default every core for the vmap executor and 1 for sequential. One client's step is too
     small to split (spinning threads that competed for the cores made a 2NN step 20x slower on a busy 2-core
-    machine); a stacked cohort's is not (W-small: 0.22 s a round on 2 threads against 0.28 s on 1)."""
+    machine); a stacked cohort's is not (W-small: 0.15 s a round on 2 threads against 0.30 s on 1)."""
     if config.threads:
         return config.threads
     if executor.name != "vmap":
