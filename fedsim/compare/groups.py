@@ -1,0 +1,149 @@
+"""Grouping runs over seeds: which runs are the same experiment, and what each group is called.
+
+The rules are in `fedsim.compare`'s docstring (Groups)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from fedsim.compare.runs import Run, Warn, _default_warn
+
+BOOKKEEPING = frozenset({
+    "seed", "partition_seed",            # the seeds themselves: what a group averages over
+    "name", "out_dir", "overwrite", "quiet", "device", "data_dir", "download",
+    "partition",                         # the partition file's path (its scheme is kept, see below)
+})
+# The partition scheme options collapse into one key, `partition`, e.g. "dirichlet(0.5)" or "iid".
+SCHEME_FIELDS = ("iid", "dirichlet", "shards", "labels", "quantity_skew", "natural")
+
+# Algorithm hyperparameters and the algorithms that read them: a group's name leaves out a key
+# its algorithm ignores (FedAvg's mu). Only for naming; grouping always uses every key.
+_SERVER_OPT = {"server_lr", "server_beta1", "server_beta2", "server_tau"}
+ALGO_PARAMS: dict[str, set[str]] = {
+    "fedavg": set(), "fedper": set(), "fedbn": set(), "fedas": set(), "fednova": set(),
+    "fedprox": {"mu"},
+    "scaffold": {"server_lr"},
+    "fedavgm": {"server_lr", "server_momentum"},
+    "fedadam": _SERVER_OPT, "fedyogi": _SERVER_OPT, "fedadagrad": _SERVER_OPT,
+    "fedrep": {"head_epochs"},
+    "ditto": {"lam"},
+}
+_ALGO_SPECIFIC = set().union(*ALGO_PARAMS.values())
+
+
+@dataclass
+class Group:
+    """Runs of one experiment over seeds. `config` is None for a CSV shown alone (no record)."""
+
+    name: str
+    runs: list[Run]
+    config: dict | None = None
+    differing: dict = field(default_factory=dict)  # the keys (and values) in the name
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        short = f"{v:g}"
+        return short if float(short) == v else repr(v)
+    if isinstance(v, (list, tuple)):
+        return ",".join(_fmt_value(x) for x in v)
+    return str(v)
+
+
+def _partition_key(run: Run) -> str:
+    cfg = run.config
+    if cfg.get("partition"):  # a saved partition file: its record section says what is in it
+        part = (run.record or {}).get("partition") or {}
+        params = {k: v for k, v in (part.get("params") or {}).items() if k != "min_size"}
+        scheme, param = part.get("scheme", "file"), ",".join(_fmt_value(v) for v in params.values()) or None
+    else:
+        given = [(s, cfg.get(s)) for s in ("dirichlet", "shards", "labels", "quantity_skew")
+                 if cfg.get(s) is not None]
+        given += [(s, None) for s in ("iid", "natural") if cfg.get(s)]
+        scheme, param = given[0] if len(given) == 1 else ("iid", None) if not given else ("invalid", None)
+    return scheme if param is None else f"{scheme}({_fmt_value(param)})"
+
+
+def experiment_key(run: Run) -> dict:
+    """The run's configuration minus seeds and bookkeeping: equal keys = the same experiment."""
+    from fedsim.config import FIELDS
+
+    # A field missing from an older record has its default: a new option does not split groups.
+    defaults = {name: f.default for name, f in FIELDS.items() if f.default is not dataclasses.MISSING}
+    skip = BOOKKEEPING | set(SCHEME_FIELDS)
+    cfg = {k: v for k, v in {**defaults, **run.config}.items() if k not in skip}
+    cfg["partition"] = _partition_key(run)
+    # The record holds the client count actually used (--clients may be left to its default).
+    clients = ((run.record or {}).get("partition") or {}).get("num_clients")
+    if clients is not None:
+        cfg["clients"] = clients
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+
+
+def _key_order(keys: Iterable[str]) -> list[str]:
+    from fedsim.config import FIELDS
+
+    order = {name: i for i, name in enumerate(FIELDS)}
+    order["partition"] = order.get("iid", len(order))
+    return sorted(keys, key=lambda k: (order.get(k, len(order)), k))
+
+
+def _stem_name(runs: Sequence[Run]) -> str:
+    stems = [r.file for r in runs]
+    stripped = {re.sub(r"[-_.]?seed\d+", "", s) for s in stems}
+    if len(stems) > 1 and len(stripped) == 1 and stripped != {""}:
+        return stripped.pop()
+    return ", ".join(stems) if len(stems) <= 3 else f"{stems[0]}, {stems[1]}, … (+{len(stems) - 2} more)"
+
+
+def group_runs(runs: Sequence[Run], on_warning: Warn | None = None) -> list[Group]:
+    """Group runs over seeds (see `fedsim.compare`'s docstring) and name each group. Order: first seen."""
+    warn = on_warning or _default_warn
+    by_key: dict[str, Group] = {}
+    for run in runs:
+        if run.record is None:
+            by_key[f"file:{run.csv_path.resolve()}"] = Group(run.file, [run])
+            continue
+        cfg = experiment_key(run)
+        key = json.dumps({k: _fmt_value(v) for k, v in cfg.items()}, sort_keys=True)  # lr=1 is lr=1.0
+        by_key.setdefault(key, Group("", [], cfg)).runs.append(run)
+    groups = list(by_key.values())
+    configured = [g for g in groups if g.config is not None]
+
+    keys = _key_order({k for g in configured for k in g.config})
+    varying = [k for k in keys if len({_fmt_value(g.config.get(k)) for g in configured}) > 1]
+    for g in configured:
+        if not varying:
+            g.name = _stem_name(g.runs)
+            continue
+        algo = g.config.get("algo")
+        shown = [k for k in varying
+                 if not (k in _ALGO_SPECIFIC and algo in ALGO_PARAMS and k not in ALGO_PARAMS[algo])]
+        g.differing = {k: g.config.get(k) for k in shown}
+        g.name = " ".join(f"{k}={_fmt_value(v)}" for k, v in g.differing.items()) or f"algo={algo}"
+    # Leaving out unused keys must never make two groups look alike.
+    counts = Counter(g.name for g in configured)
+    for g in configured:
+        if counts[g.name] > 1:
+            g.differing = {k: g.config.get(k) for k in varying}
+            g.name = " ".join(f"{k}={_fmt_value(v)}" for k, v in g.differing.items())
+
+    for g in configured:
+        seeds = Counter(r.seed for r in g.runs)
+        repeated = sorted(str(s) for s, c in seeds.items() if c > 1)
+        if repeated:
+            files = ", ".join(r.csv_path.name for r in g.runs if str(r.seed) in repeated)
+            warn(f"group {g.name!r} has more than one run with seed {', '.join(repeated)} ({files}); "
+                 "each counts as a seed")
+    return groups

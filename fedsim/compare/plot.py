@@ -1,0 +1,81 @@
+"""Plotting: a group's curve over rounds (or time), and the curves of a Summary as an image.
+
+matplotlib loads only inside `plot_curves`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from fedsim.compare.groups import Group
+from fedsim.compare.summary import Summary, _group_status
+from fedsim.errors import FedsimError
+
+
+def curve(group: Group, metric: str, x: str = "round") -> pd.DataFrame:
+    """Per round: mean and sample std of `metric` over the group's seeds, their count, and x
+    (the round, or the mean elapsed_seconds at that round for x="time")."""
+    frames = [r.rows[["round", "elapsed_seconds", metric]] for r in group.runs if metric in r.rows]
+    data = pd.concat(frames).dropna(subset=[metric]) if frames else pd.DataFrame(
+        columns=["round", "elapsed_seconds", metric], dtype=float)
+    stats = data.groupby("round").agg(mean=(metric, "mean"), std=(metric, "std"), count=(metric, "size"),
+                                      time=("elapsed_seconds", "mean")).reset_index()
+    stats["x"] = stats["time"] if x == "time" else stats["round"]
+    return stats
+
+
+def plot_curves(summary: Summary, path: str | Path, x: str = "round") -> Path:
+    """Write `metric` vs round (or elapsed time) per group to an image: the mean over seeds as a
+    line (dotted where not every seed has the round), ± sample std as a band (where at least two
+    seeds have the round), the target as a dashed line."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if x not in ("round", "time"):
+        raise FedsimError(f"--x must be round or time, not {x!r}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FedsimError(f"cannot write {path}: directory {path.parent} does not exist")
+    fig = Figure(figsize=(9, 5.5), dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = colormaps["tab10" if len(summary.groups) <= 10 else "tab20"]
+    for i, (g, rs) in enumerate(zip(summary.groups, summary.runs, strict=True)):
+        stats = curve(g, summary.metric, x)
+        if stats.empty:
+            continue
+        color = cmap(i % cmap.N)
+        status = _group_status(rs)
+        label = f"{g.name} (n={g.n})" + ("" if status == "finished" else f" [{status}]")
+        marker = "o" if len(stats) <= 30 else None
+        # Where some seeds have no row (stopped early, still running) the mean is over fewer seeds:
+        # drawn dotted so a jump there is not read as a change in the method.
+        full = stats["mean"].where(stats["count"] >= g.n)
+        if full.isna().any():
+            ax.plot(stats["x"], stats["mean"], color=color, lw=1.2, ls=":", marker=marker, ms=2)
+        ax.plot(stats["x"], full, color=color, lw=1.8, label=label, marker=marker, ms=3)
+        band = stats[stats["count"] >= 2]
+        if len(band):
+            ax.fill_between(band["x"], band["mean"] - band["std"], band["mean"] + band["std"],
+                            color=color, alpha=0.2, lw=0)
+    if summary.target is not None:
+        ax.axhline(summary.target, color="0.3", ls="--", lw=1.2, label=f"target {summary.target:g}")
+    direction = "lower" if summary.lower_is_better else "higher"
+    ax.set_title(f"{summary.metric} vs {'round' if x == 'round' else 'elapsed time'} "
+                 f"(mean ± sample std over seeds; {direction} is better)")
+    ax.set_xlabel("round" if x == "round" else "elapsed time (s)")
+    ax.set_ylabel(summary.metric)
+    ax.grid(True, alpha=0.3)
+    if x == "round":
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(summary.groups) + (summary.target is not None) > 8:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize="small", loc="best")
+    try:
+        fig.savefig(path)
+    except (ValueError, OSError) as e:
+        raise FedsimError(f"cannot write {path}: {e}") from None
+    return path
