@@ -68,9 +68,9 @@ def _partition_key(run: Run) -> str:
         params = {k: v for k, v in (part.get("params") or {}).items() if k != "min_size"}
         scheme, param = part.get("scheme", "file"), ",".join(_fmt_value(v) for v in params.values()) or None
     else:
-        given = [(s, cfg.get(s)) for s in ("dirichlet", "shards", "labels", "quantity_skew")
-                 if cfg.get(s) is not None]
-        given += [(s, None) for s in ("iid", "natural") if cfg.get(s)]
+        # A flag scheme (iid, natural) is given when true; a valued one (dirichlet=alpha, ...) when set.
+        given = [(s, None if isinstance(v, bool) else v) for s in SCHEME_FIELDS
+                 if (v := cfg.get(s)) is not None and v is not False]
         scheme, param = given[0] if len(given) == 1 else ("iid", None) if not given else ("invalid", None)
     return scheme if param is None else f"{scheme}({_fmt_value(param)})"
 
