@@ -111,15 +111,14 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise FedsimError(f"{path} is not a fedsim CSV: missing columns {', '.join(missing)}")
     if df.empty:
         raise _EmptyCSV(f"{path} is empty (header only): no rounds written")
-    for col in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[col]):
+    for col in df.columns:  # in the file's order: the first bad column is the one reported
+        if col in CSV_COLUMNS and not pd.api.types.is_numeric_dtype(df[col]):
             converted = pd.to_numeric(df[col], errors="coerce")
             bad = df[col][converted.isna() & df[col].notna()]
-            if col in CSV_COLUMNS and len(bad):
+            if len(bad):
                 raise FedsimError(f"{path}: column {col} has a non-numeric value {bad.iloc[0]!r} "
                                   f"(row {bad.index[0] + 1})")
-            if col in CSV_COLUMNS:
-                df[col] = converted
+            df[col] = converted
     df = df.dropna(subset=["round"])
     # A resumed run may repeat rounds after its checkpoint: the later row wins.
     df = df.drop_duplicates(subset="round", keep="last").sort_values("round", kind="stable")
