@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.compare.columns import Column, _column_values, _find_column, columns
+from fedsim.compare.columns import _column_values, _find_column, columns
 from fedsim.compare.groups import Group, group_runs
 from fedsim.compare.runs import Run, Warn, read_runs
 from fedsim.errors import FedsimError
@@ -60,12 +60,13 @@ def summarize_run(run: Run, metric: str, target: float | None = None) -> RunSumm
         best, best_round = float(valid[best_idx]), float(rows.at[best_idx, "round"])
     else:
         best = best_round = math.nan
-    reached = rounds_to_target = time_to_target = None
+    reached, rounds_to_target, time_to_target = None, math.nan, math.nan
     if target is not None:
         hit = valid[valid <= target] if low else valid[valid >= target]
         reached = bool(len(hit))
-        rounds_to_target = float(rows.at[hit.index[0], "round"]) if reached else math.nan
-        time_to_target = float(rows.at[hit.index[0], "elapsed_seconds"]) if reached else math.nan
+        if reached:
+            rounds_to_target = float(rows.at[hit.index[0], "round"])
+            time_to_target = float(rows.at[hit.index[0], "elapsed_seconds"])
     planned = run.config.get("rounds")
     return RunSummary(
         file=run.file,
@@ -75,8 +76,8 @@ def summarize_run(run: Run, metric: str, target: float | None = None) -> RunSumm
         best=best,
         best_round=best_round,
         reached=reached,
-        rounds_to_target=math.nan if rounds_to_target is None else rounds_to_target,
-        time_to_target=math.nan if time_to_target is None else time_to_target,
+        rounds_to_target=rounds_to_target,
+        time_to_target=time_to_target,
         total_seconds=_last_value(rows, "elapsed_seconds"),
         total_bytes=float(rows["bytes_up"].sum(min_count=1) + rows["bytes_down"].sum(min_count=1)),
         personal_mean=_last_value(rows, "personal_accuracy_mean"),
@@ -113,7 +114,7 @@ class Summary:
     @property
     def table(self) -> pd.DataFrame:
         """One row per group: exact numbers (mean/std over seeds), the CSV and JSON exports' columns."""
-        m = self.metric
+        m, personal = self.metric, self.has_personal
         out = []
         for g, rs in zip(self.groups, self.runs, strict=True):
             row: dict = {"group": g.name, "n": g.n}
@@ -132,7 +133,7 @@ class Summary:
                 add("time_to_target_seconds", [r.time_to_target for r in rs] if all_reached else [math.nan])
             add("total_seconds", [r.total_seconds for r in rs])
             add("total_bytes", [r.total_bytes for r in rs])
-            if self.has_personal:
+            if personal:
                 add("personal_acc_mean", [r.personal_mean for r in rs])
                 add("personal_acc_p10", [r.personal_p10 for r in rs])
             row["rounds_completed_min"] = min(r.rounds_completed for r in rs)
@@ -147,22 +148,19 @@ class Summary:
         """Rows ordered by a column (its key or label, see `columns`), best first; default: final."""
         cols = columns(self)
         col = _find_column(cols, column or "final")
-        keyed = [(_sort_value(self, i, col), i) for i in range(len(self.groups))]
-        if col.better is None:  # text: alphabetical
-            order = [i for _, i in sorted(keyed, key=lambda t: str(t[0]))]
+        if col.key == "group":
+            values = [g.name for g in self.groups]
+        elif col.key == "status":
+            values = [_group_status(rs) for rs in self.runs]
         else:
+            values = _column_values(self, col)  # builds the table once, not once per row
+        if col.better is None:  # text: alphabetical
+            order = sorted(range(len(values)), key=lambda i: str(values[i]))
+        else:  # best first, NaN last; ties keep their order
             sign = -1.0 if col.better == "high" else 1.0
-            order = [i for _, i in sorted(keyed, key=lambda t: (math.isnan(t[0]), sign * t[0]
-                                                                  if not math.isnan(t[0]) else 0.0))]
+            order = sorted(range(len(values)),
+                           key=lambda i: (math.isnan(values[i]), 0.0 if math.isnan(values[i]) else sign * values[i]))
         return replace(self, groups=[self.groups[i] for i in order], runs=[self.runs[i] for i in order])
-
-
-def _sort_value(summary: Summary, i: int, col: Column):
-    if col.key == "group":
-        return summary.groups[i].name
-    if col.key == "status":
-        return _group_status(summary.runs[i])
-    return _column_values(summary, col)[i]
 
 
 def _group_status(rs: Sequence[RunSummary]) -> str:
