@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 from fedsim.errors import FedsimError
 
@@ -28,3 +29,28 @@ def write_atomically(path: Path, write: Callable[[Path], None], what: str, hint:
         if isinstance(e, OSError):
             raise FedsimError(f"cannot write {what} {path}: {e.strerror or e}{hint}") from None
         raise
+
+
+def torch_save(obj, path: Path) -> None:
+    """`torch.save(obj, path)`, raising a failed write (a full disk) as the OSError it is: torch turns one
+    into a RuntimeError that gives no reason ("unexpected pos ..."), which `write_atomically` cannot tell
+    from a bug."""
+    import torch
+
+    with open(path, "wb") as file:
+        write_error = None
+
+        def write(data) -> int:
+            nonlocal write_error
+            try:
+                return file.write(data)
+            except OSError as e:
+                write_error = e
+                raise
+
+        try:
+            torch.save(obj, SimpleNamespace(write=write, flush=file.flush))
+        except RuntimeError:
+            if write_error is None:
+                raise
+            raise write_error from None

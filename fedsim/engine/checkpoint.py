@@ -30,7 +30,7 @@ from fedsim.algorithms.base import ServerState
 from fedsim.config import FIELDS, Config
 from fedsim.engine.state import State
 from fedsim.errors import FedsimError
-from fedsim.files import write_atomically
+from fedsim.files import torch_save, write_atomically
 
 FORMAT = 1
 RUN_SUFFIXES = (".csv", ".json", ".ckpt")
@@ -110,7 +110,7 @@ def save_checkpoint(path: Path, config: Config, partition_sha256: str | None, pr
         "bytes_down": progress.bytes_down,
         "elapsed_seconds": progress.elapsed_seconds,
     }
-    write_atomically(path, lambda tmp: torch.save(payload, tmp), "checkpoint", "; choose --out-dir")
+    write_atomically(path, lambda tmp: torch_save(payload, tmp), "checkpoint", "; choose --out-dir")
 
 
 def load_checkpoint(run: str | Path, out_dir: str | Path = "results") -> Checkpoint:
