@@ -20,7 +20,14 @@ Columns, one row per evaluated round (accuracies are fractions in [0, 1]):
 
 from __future__ import annotations
 
+import os
+
 from fedsim.errors import FedsimError
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs go unlocked there
+    fcntl = None
 
 CSV_COLUMNS = [
     "round",
@@ -49,6 +56,10 @@ class RunWriter:
     `resume_round`: continue the run's files from its checkpoint after that round: the CSV keeps its rows up
     to it (the later ones will be computed again, identically), and the record its start time and a list
     of resumes. `rows` holds every row of the run, the kept ones included.
+
+    The writer holds a lock on the run's name (`<out_dir>/.<name>.lock`) from construction to `close()`,
+    taken before anything is removed or truncated: a second run of the same name, even with --overwrite,
+    is refused and leaves the live run's files alone. The OS drops the lock when the process dies.
     """
 
     def __init__(self, out_dir, name: str, overwrite: bool, record: dict, resume_round: int | None = None):
@@ -58,13 +69,22 @@ class RunWriter:
         self.csv_path = self.dir / f"{name}.csv"
         self.json_path = self.dir / f"{name}.json"
         self.ckpt_path = self.dir / f"{name}.ckpt"
-        if resume_round is None:
-            self._start(name, overwrite)
-            self.record = record
-        else:
-            self._reopen(resume_round)
-            self.record = _resumed_record(self.json_path, record, resume_round)
-        self.write_record()
+        self._write_failed = False
+        self._csv = None
+        self._lock = RunLock(self.dir, name)
+        try:
+            if resume_round is None:
+                self._start(name, overwrite)
+                self.record = record
+            else:
+                self._reopen(resume_round)
+                self.record = _resumed_record(self.json_path, record, resume_round)
+            self.write_record()
+        except BaseException:
+            if self._csv is not None:
+                self._csv.close()
+            self._lock.release()
+            raise
 
     def _start(self, name: str, overwrite: bool) -> None:
         paths = (self.csv_path, self.json_path, self.ckpt_path)
@@ -72,14 +92,12 @@ class RunWriter:
             raise FedsimError(f"run {name!r} already exists in {self.dir}/: choose another --name, "
                               "or pass --overwrite to replace it")
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
             self.ckpt_path.unlink(missing_ok=True)  # an older run's: resuming must never pick it up
-            self._csv = open(self.csv_path, "w", newline="")  # noqa: SIM115 (kept open for the run)
+            self._csv = open(self.csv_path, "wb", buffering=0)  # noqa: SIM115 (kept open for the run)
         except OSError as e:
             raise FedsimError(f"cannot write results to {self.dir}/: {e.strerror}; choose --out-dir") from None
-        self._csv.write(",".join(CSV_COLUMNS) + "\n")
-        self._csv.flush()
         self.rows: list[dict] = []
+        self._write_line(",".join(CSV_COLUMNS))
 
     def _reopen(self, resume_round: int) -> None:
         from fedsim.files import write_atomically
@@ -87,13 +105,34 @@ class RunWriter:
         lines, self.rows = read_rows(self.csv_path, resume_round)
         text = "".join(line + "\n" for line in [",".join(CSV_COLUMNS), *lines])
         write_atomically(self.csv_path, lambda tmp: tmp.write_text(text), "run CSV", "; choose --out-dir")
-        self._csv = open(self.csv_path, "a", newline="")  # noqa: SIM115 (kept open for the run)
+        try:
+            self._csv = open(self.csv_path, "ab", buffering=0)  # noqa: SIM115 (kept open for the run)
+        except OSError as e:
+            raise FedsimError(f"cannot write run CSV {self.csv_path}: {e.strerror}; choose --out-dir") from None
 
     def append(self, row: dict) -> None:
-        line = ",".join(_format(row[c]) for c in CSV_COLUMNS) + "\n"
-        self._csv.write(line)  # one write per row: an interrupt never leaves half a row
-        self._csv.flush()
+        self._write_line(",".join(_format(row[c]) for c in CSV_COLUMNS))
         self.rows.append(row)
+
+    def _write_line(self, line: str) -> None:
+        """Append `line` whole, or leave the CSV as it was: a full disk can take part of a write, and an
+        unbuffered file (no buffer left to flush later) cut back to its old size ends on the last whole row."""
+        if self._write_failed:
+            raise FedsimError(f"cannot write run CSV {self.csv_path}: an earlier write failed")
+        data = memoryview((line + "\n").encode())
+        size = self._csv.tell()  # the file's end: it is opened to append, or new
+        try:
+            while data:
+                data = data[self._csv.write(data):]
+        except OSError as e:
+            self._write_failed = True
+            try:
+                os.ftruncate(self._csv.fileno(), size)
+                kept = f"it ends on round {self.rows[-1]['round']}'s row" if self.rows else "it holds no rows"
+            except OSError:
+                kept = "its last line may be cut (a resume drops it)"
+            raise FedsimError(f"cannot write run CSV {self.csv_path}: {e.strerror or e}; {kept}; free space, then "
+                              f"continue with `fedsim train --resume {self.csv_path}`") from None
 
     def write_record(self) -> None:
         import json
@@ -104,21 +143,87 @@ class RunWriter:
         write_atomically(self.json_path, lambda tmp: tmp.write_text(text), "run record", "; choose --out-dir")
 
     def close(self, status: str, detail: str | None = None, summary: dict | None = None) -> None:
-        self._csv.close()
-        self.record["status"] = status
-        if detail:
-            self.record["status_detail"] = detail
-        if summary is not None:
-            self.record["summary"] = summary
-        self.write_record()
+        """Record how the run ended and release its name. After a failed CSV write, a record that cannot be
+        written either raises nothing: the caller is already raising the error that names the cause."""
+        try:
+            self._csv.close()
+            self.record["status"] = status
+            if detail:
+                self.record["status_detail"] = detail
+            if summary is not None:
+                self.record["summary"] = summary
+            self.write_record()
+        except FedsimError:
+            if not self._write_failed:
+                raise
+        finally:
+            self._lock.release()
+
+
+class RunLock:
+    """An exclusive, non-blocking `flock` on `<out_dir>/.<name>.lock` (creating out_dir), held until
+    `release()`; the file holds the holder's pid for the refusal message. The OS releases a flock when its
+    process dies, so a killed run (kill -9) leaves no stale lock."""
+
+    def __init__(self, out_dir, name: str):
+        self.path = out_dir / f".{name}.lock"
+        self._fd = None
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if fcntl is not None:
+                self._fd = _lock(self.path, name)
+        except OSError as e:
+            raise FedsimError(f"cannot write results to {out_dir}/: {e.strerror}; choose --out-dir") from None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:  # removed while still held, so that no run locks a file on its way out (see _lock)
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def _lock(path, name: str) -> int:
+    """A descriptor of `path` holding its flock, with this process's pid written in; FedsimError if held."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise FedsimError(f"run {name!r} in {path.parent}/ is in use by another fedsim process{pid}: "
+                                  "wait for it to end, or choose another --name") from None
+            if _same_file(fd, path):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # its holder released and removed it between our open and our flock: lock the new one
+
+
+def _same_file(fd: int, path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def read_rows(path, through_round: int) -> tuple[list[str], list[dict]]:
     """The lines of a run's CSV up to round `through_round` (its header checked), and those rows parsed."""
     try:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
     except FileNotFoundError:
         raise FedsimError(f"{path} is missing: resuming needs the run's CSV") from None
+    lines = text.splitlines()
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # a row cut off by a failed write or a kill was never completed
     if not lines or lines[0] != ",".join(CSV_COLUMNS):
         raise FedsimError(f"{path} is not a fedsim run CSV (its header differs)")
     try:
