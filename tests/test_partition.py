@@ -1,4 +1,5 @@
-"""Partitioners, client test slices and the partition file (fedsim/data/partition.py)."""
+"""Partitioners (fedsim/data/partitioners/), client test slices and building (partition_build.py), the
+partition file (partition.py) and its summaries (partition_stats.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsim.data import partition as fp
-from fedsim.data.partition import (
+from fedsim.data.partition import MAGIC, load_partition
+from fedsim.data.partition_build import (
+    build_partition,
+    check_client_test_fraction,
+    default_partition_path,
+    hold_out,
+    partition_for_config,
+    scheme_for,
+)
+from fedsim.data.partition_stats import label_counts, partition_stats
+from fedsim.data.partitioners import (
     DirichletPartitioner,
     IidPartitioner,
     LabelPartitioner,
     NaturalPartitioner,
     QuantitySkewPartitioner,
     ShardPartitioner,
-    build_partition,
-    load_partition,
+    make_partitioner,
 )
 from fedsim.errors import FedsimError
 
@@ -44,7 +53,7 @@ def check_cover(parts, n_samples, num_clients):
 
 
 def make(scheme, n, seed, param, min_size):
-    return fp.make_partitioner(scheme, n, seed, param, min_size)
+    return make_partitioner(scheme, n, seed, param, min_size)
 
 
 # --- properties over every scheme ------------------------------------------------------------
@@ -234,10 +243,10 @@ def test_natural_split():
     (lambda: LabelPartitioner(10, 0), r"--labels\) must be at least 1"),
     (lambda: IidPartitioner(10, seed=-1), r"seed \(--seed\)"),
     (lambda: DirichletPartitioner(10, 0.5, min_size=-1), "--min-size"),
-    (lambda: fp.make_partitioner("zipf"), "unknown partition scheme 'zipf'"),
-    (lambda: fp.make_partitioner("iid", param=3), "takes no parameter"),
-    (lambda: fp.hold_out([], 1.0), "between 0 and 1"),
-    (lambda: fp.check_client_test_fraction(0), "between 0 and 1"),
+    (lambda: make_partitioner("zipf"), "unknown partition scheme 'zipf'"),
+    (lambda: make_partitioner("iid", param=3), "takes no parameter"),
+    (lambda: hold_out([], 1.0), "between 0 and 1"),
+    (lambda: check_client_test_fraction(0), "between 0 and 1"),
     (lambda: IidPartitioner(5).split(np.zeros(3, np.int64)), "cannot split 3 samples among 5 clients"),
 ])
 def test_argument_errors(make_it, pattern):
@@ -254,26 +263,26 @@ def test_hold_out_fraction():
         train, test = part.train_indices(c), part.test_indices(c)
         np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), whole[c])
         assert len(test) == int(np.floor(0.25 * len(whole[c]) + 0.5))
-    train, test = fp.hold_out(whole, 0.5, seed=1)
+    train, test = hold_out(whole, 0.5, seed=1)
     check_cover([np.sort(np.concatenate(x)) for x in zip(train, test, strict=True)], 1000, 10)
 
 
 # --- summaries -------------------------------------------------------------------------------
 
 def test_stats_by_hand():
-    s = fp.partition_stats(np.array([[2, 0], [0, 2]]))
+    s = partition_stats(np.array([[2, 0], [0, 2]]))
     assert (s["min_size"], s["max_size"], s["mean_labels"], s["mean_tv"]) == (2, 2, 1.0, 0.5)
-    s = fp.partition_stats(np.array([[3, 3], [1, 1], [0, 0]]))
+    s = partition_stats(np.array([[3, 3], [1, 1], [0, 0]]))
     assert s["mean_tv"] == 0.0 and s["empty_clients"] == 1 and s["median_size"] == 2
 
 
 def test_label_counts_match_indices():
     ds = fake_dataset()
     part = build_partition(ds, "shards", 8, 0, 2)
-    counts = fp.label_counts(part, ds)
+    counts = label_counts(part, ds)
     for c in range(8):
         np.testing.assert_array_equal(counts[c], np.bincount(ds.y_train[part.train_indices(c)], minlength=10))
-    assert fp.label_counts(part, ds, "test").sum() == len(ds.y_test)
+    assert label_counts(part, ds, "test").sum() == len(ds.y_test)
 
 
 # --- the file --------------------------------------------------------------------------------
@@ -296,7 +305,7 @@ def test_round_trip_and_byte_identity(saved, tmp_path):
     assert again.read_bytes() == path.read_bytes()
     back.save(tmp_path / "r.fsp")
     assert (tmp_path / "r.fsp").read_bytes() == path.read_bytes()
-    assert path.read_bytes().startswith(fp.MAGIC)
+    assert path.read_bytes().startswith(MAGIC)
     meta = part.meta
     assert {"dataset", "num_train", "num_test", "num_classes", "scheme", "params", "seed", "fedsim_version",
             "client_test_source", "sha256"} <= set(meta)
@@ -321,7 +330,7 @@ def test_truncated_and_garbage_files_are_refused(saved, tmp_path):
     _, path = saved
     data = path.read_bytes()
     bad = tmp_path / "bad.fsp"
-    for cut in (0, 5, len(fp.MAGIC), len(fp.MAGIC) + 4, len(fp.MAGIC) + 40, len(data) // 2, len(data) - 1):
+    for cut in (0, 5, len(MAGIC), len(MAGIC) + 4, len(MAGIC) + 40, len(data) // 2, len(data) - 1):
         bad.write_bytes(data[:cut])
         with pytest.raises(FedsimError, match="not a fedsim partition file|damaged"):
             load_partition(bad)
@@ -331,7 +340,7 @@ def test_truncated_and_garbage_files_are_refused(saved, tmp_path):
     bad.write_bytes(np.random.default_rng(0).bytes(5000))
     with pytest.raises(FedsimError, match="not a fedsim partition file"):
         load_partition(bad)
-    bad.write_bytes(b"FEDSIM-PARTITION 9\n" + data[len(fp.MAGIC):])
+    bad.write_bytes(b"FEDSIM-PARTITION 9\n" + data[len(MAGIC):])
     with pytest.raises(FedsimError, match="cannot read"):
         load_partition(bad)
     with pytest.raises(FedsimError, match="does not exist"):
@@ -367,13 +376,13 @@ def test_save_is_careful(saved, tmp_path):
 
 
 def test_default_path():
-    assert str(fp.default_partition_path("mnist", "dirichlet", 100, 0, 0.5)) == \
+    assert str(default_partition_path("mnist", "dirichlet", 100, 0, 0.5)) == \
         "results/partitions/mnist-dirichlet0.5-100c-seed0.fsp"
-    assert fp.default_partition_path("digits", "iid", 10, 3).name == "digits-iid-10c-seed3.fsp"
-    assert fp.default_partition_path("synthetic(0.5,0.5)", "natural", 30, 0, min_size=5,
+    assert default_partition_path("digits", "iid", 10, 3).name == "digits-iid-10c-seed3.fsp"
+    assert default_partition_path("synthetic(0.5,0.5)", "natural", 30, 0, min_size=5,
                                      client_test_fraction=0.25).name == \
         "synthetic_0.5_0.5-natural-30c-seed0-ctf0.25.fsp"
-    assert fp.default_partition_path("x", "quantity_skew", 5, 0, 2.0, min_size=3).name == \
+    assert default_partition_path("x", "quantity_skew", 5, 0, 2.0, min_size=3).name == \
         "x-quantity_skew2-5c-seed0-min3.fsp"
 
 
@@ -382,15 +391,15 @@ def test_partition_for_config(saved):
 
     part, path = saved
     ds = fake_dataset()
-    got = fp.partition_for_config(Config(dataset="fake", partition=str(path)), ds)
+    got = partition_for_config(Config(dataset="fake", partition=str(path)), ds)
     assert got.meta["sha256"] == part.meta["sha256"]
-    built = fp.partition_for_config(Config(dataset="fake", clients=7, dirichlet=0.5, seed=9, partition_seed=3), ds)
+    built = partition_for_config(Config(dataset="fake", clients=7, dirichlet=0.5, seed=9, partition_seed=3), ds)
     assert built.meta["sha256"] == part.meta["sha256"]  # partition_seed, not seed
-    assert fp.partition_for_config(Config(dataset="fake"), ds).num_clients == 10
+    assert partition_for_config(Config(dataset="fake"), ds).num_clients == 10
     with pytest.raises(FedsimError, match="not both"):
-        fp.partition_for_config(Config(dataset="fake", partition=str(path), shards=2), ds)
+        partition_for_config(Config(dataset="fake", partition=str(path), shards=2), ds)
     with pytest.raises(FedsimError, match="has 7 clients, not --clients 5"):
-        fp.partition_for_config(Config(dataset="fake", partition=str(path), clients=5), ds)
+        partition_for_config(Config(dataset="fake", partition=str(path), clients=5), ds)
     with pytest.raises(ValueError):
         got.train_indices(0)[0] = 1  # read-only views
 
@@ -399,8 +408,8 @@ def test_dataset_with_devices_defaults_to_natural():
     from fedsim.config import Config
 
     ds = fake_dataset(5, 4, 2, natural_train=[np.array([0, 3]), np.array([1, 2, 4])], natural_test=None)
-    assert fp.scheme_for(Config(dataset="fake"), ds) == ("natural", None)
-    assert fp.scheme_for(Config(dataset="fake", iid=True), ds) == ("iid", None)
-    part = fp.partition_for_config(Config(dataset="fake"), ds)
+    assert scheme_for(Config(dataset="fake"), ds) == ("natural", None)
+    assert scheme_for(Config(dataset="fake", iid=True), ds) == ("iid", None)
+    part = partition_for_config(Config(dataset="fake"), ds)
     assert part.meta["scheme"] == "natural" and part.num_clients == 2
     check_cover([part.test_indices(c) for c in range(2)], 4, 2)  # no natural_test: shared out by label

@@ -71,8 +71,16 @@ def partition(
         from rich.console import Console
 
         from fedsim.config import Config
-        from fedsim.data import partition as fp
         from fedsim.data.datasets import load_dataset
+        from fedsim.data.partition import load_partition
+        from fedsim.data.partition_build import (
+            DEFAULT_CLIENTS,
+            build_partition,
+            check_client_test_fraction,
+            default_partition_path,
+            scheme_for,
+        )
+        from fedsim.data.partitioners import make_partitioner
         from fedsim.errors import FedsimError
 
         if show < 0:
@@ -81,7 +89,7 @@ def partition(
             _check_plot_path(plot)
         console = Console(highlight=False, soft_wrap=True)  # long paths stay whole, for copying
         if inspect is not None:
-            part = fp.load_partition(inspect)
+            part = load_partition(inspect)
             # devices: a generated dataset (synthetic) has as many devices as the partition has clients
             data = load_dataset(part.meta["dataset"], data_dir, device="cpu", download=download,
                                 devices=part.num_clients)
@@ -94,15 +102,14 @@ def partition(
                          seed=seed)
             scheme, param = cfg.scheme
             if scheme != "natural":  # the argument checks, before spending time on the data
-                fp.make_partitioner(scheme, fp.DEFAULT_CLIENTS if clients is None else clients, seed, param,
-                                    min_size)
+                make_partitioner(scheme, DEFAULT_CLIENTS if clients is None else clients, seed, param, min_size)
             if client_test_fraction is not None:
-                fp.check_client_test_fraction(client_test_fraction)
+                check_client_test_fraction(client_test_fraction)
             # --clients also sets how many devices a generated dataset (synthetic) has, as in fedsim train
             data = load_dataset(dataset, data_dir, device="cpu", download=download, devices=clients)
-            scheme, param = fp.scheme_for(cfg, data)  # a dataset with its own devices defaults to natural
-            part = fp.build_partition(data, scheme, clients, seed, param, min_size, client_test_fraction)
-            path = out if out is not None else fp.default_partition_path(
+            scheme, param = scheme_for(cfg, data)  # a dataset with its own devices defaults to natural
+            part = build_partition(data, scheme, clients, seed, param, min_size, client_test_fraction)
+            path = out if out is not None else default_partition_path(
                 data.name, scheme, part.num_clients, seed, param, min_size, client_test_fraction)
             part.save(path)
         print_partition(console, part, data, show)
@@ -131,7 +138,7 @@ def print_partition(console, part, data, show: int = 20) -> None:
     """The per-client table (first `show` clients) and the summary lines below it."""
     from rich.table import Table
 
-    from fedsim.data.partition import label_counts, partition_stats
+    from fedsim.data.partition_stats import label_counts, partition_stats
 
     counts = label_counts(part, data, "train")
     n, num_classes = counts.shape
@@ -199,7 +206,8 @@ def plot_label_heatmap(part, data, path: str | Path) -> Path:
     from matplotlib.colors import LinearSegmentedColormap
     from matplotlib.figure import Figure
 
-    from fedsim.data.partition import _make_parent, label_counts
+    from fedsim.data.partition import make_parent_folder
+    from fedsim.data.partition_stats import label_counts
 
     path = Path(path)
     counts = label_counts(part, data, "train")
@@ -236,6 +244,6 @@ def plot_label_heatmap(part, data, path: str | Path) -> Path:
     ax.set_xlim(-0.5, m - 0.5)
     fig.colorbar(image, ax=[ax_bar, ax], label="train samples of the label", shrink=0.8, aspect=30)
     fig.suptitle(f"Train samples per client and label: {describe(part)}", fontsize=11)
-    _make_parent(path, "--plot")
+    make_parent_folder(path, "--plot")
     write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".").lower()), "--plot")
     return path
