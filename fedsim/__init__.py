@@ -26,9 +26,9 @@ def __getattr__(name):
 
         return load_checkpoint
     if name in ("load_partition", "build_partition"):
-        from fedsim.data import partition
+        from fedsim.data import partition, partition_build
 
-        return getattr(partition, name)
+        return getattr(partition if name == "load_partition" else partition_build, name)
     if name == "load_dataset":
         from fedsim.data.datasets import load_dataset
 
