@@ -3,6 +3,7 @@ partition file (partition.py) and its summaries (partition_stats.py)."""
 
 from __future__ import annotations
 
+import re
 import time
 from types import SimpleNamespace
 
@@ -311,6 +312,16 @@ def test_round_trip_and_byte_identity(saved, tmp_path):
             "client_test_source", "sha256"} <= set(meta)
     assert (meta["dataset"], meta["num_train"], meta["params"]) == ("fake", 400, {"alpha": 0.5, "min_size": 10})
 
+
+
+@pytest.mark.parametrize("client", [-1, -2, 7, 100, np.int64(7), True, 1.0, "0"])
+def test_client_id_out_of_range_is_a_clear_error(saved, client):
+    part, _ = saved  # 7 clients
+    for indices in (part.train_indices, part.test_indices):
+        shown = re.escape(str(client) if isinstance(client, int | np.integer) else repr(client))
+        with pytest.raises(FedsimError, match=rf"^client id {shown} is out of range: .* clients are 0 to 6$"):
+            indices(client)
+    assert len(part.train_indices(np.int64(6))) == part.train_sizes[6]  # numpy ints are ids too
 
 def test_any_changed_byte_is_refused(saved, tmp_path):
     _, path = saved

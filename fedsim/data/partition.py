@@ -67,10 +67,22 @@ class Partition:
         return len(self.train_offsets) - 1
 
     def train_indices(self, client: int) -> np.ndarray:
+        """Client `client`'s train samples (a read-only view); FedsimError for an id out of range."""
+        self._check_client(client)
         return self.train_index[self.train_offsets[client]:self.train_offsets[client + 1]]
 
     def test_indices(self, client: int) -> np.ndarray:
+        """Client `client`'s test samples (a read-only view); FedsimError for an id out of range."""
+        self._check_client(client)
         return self.test_index[self.test_offsets[client]:self.test_offsets[client + 1]]
+
+    def _check_client(self, client) -> None:
+        # Without this, -1 gives an empty slice, -2 the last client's samples, n a numpy IndexError.
+        n = self.num_clients
+        if isinstance(client, bool) or not isinstance(client, int | np.integer) or not 0 <= client < n:
+            shown = client if isinstance(client, int | np.integer) else repr(client)
+            valid = f"0 to {n - 1}" if n else "none, it has no clients"
+            raise FedsimError(f"client id {shown} is out of range: the partition's clients are {valid}")
 
     @property
     def train_sizes(self) -> np.ndarray:
