@@ -124,13 +124,15 @@ class RunWriter:
         try:
             while data:
                 data = data[self._csv.write(data):]
-        except OSError as e:
+        except BaseException as e:
             self._write_failed = True
             try:
                 os.ftruncate(self._csv.fileno(), size)
                 kept = f"it ends on round {self.rows[-1]['round']}'s row" if self.rows else "it holds no rows"
             except OSError:
                 kept = "its last line may be cut (a resume drops it)"
+            if not isinstance(e, OSError):
+                raise  # Ctrl-C or SIGTERM between two parts of a row: cut back all the same
             raise FedsimError(f"cannot write run CSV {self.csv_path}: {e.strerror or e}; {kept}; free space, then "
                               f"continue with `fedsim train --resume {self.csv_path}`") from None
 
