@@ -41,12 +41,12 @@ def _unit(mean: float, units: Sequence[tuple[float, str]]) -> tuple[float, str]:
     return scale, name
 
 
-def _fmt_scaled(values: Sequence[float], units: Sequence[tuple[float, str]], digits: int = 1) -> str:
+def _fmt_scaled(values: Sequence[float], units: Sequence[tuple[float, str]]) -> str:
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return "–"
     scale, name = _unit(_mean_std(finite)[0], units)
-    digits = 0 if name == "B" else digits
+    digits = 0 if name == "B" else 1
     text = _fmt_pm([v / scale for v in finite], lambda x: f"{x:.{digits}f}", hide_zero=True)
     return f"{text} {name}"
 
