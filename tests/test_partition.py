@@ -180,6 +180,40 @@ def test_dirichlet_min_size_and_skew():
     assert np.mean([len(np.unique(labels[ix])) for ix in parts]) < 7  # skewed, unlike IID's 10
 
 
+
+def capped_clients_fed(labels, parts):
+    """(class, client) pairs where a client already holding >= N/clients samples got some of the class.
+
+    Dirichlet deals the classes out in ascending order, so the sizes before class k are those of the
+    classes below k."""
+    n, cap = len(parts), len(labels) / len(parts)
+    owner = np.empty(len(labels), dtype=np.int64)
+    for c, ix in enumerate(parts):
+        owner[ix] = c
+    sizes, fed = np.zeros(n, dtype=np.int64), []
+    for k in np.unique(labels):
+        got = np.bincount(owner[labels == k], minlength=n)
+        fed += [(int(k), int(c)) for c in np.flatnonzero((sizes >= cap) & (got > 0))]
+        sizes += got
+    return fed
+
+
+def test_dirichlet_capped_clients_get_no_more_digits():
+    from fedsim.data.datasets import load_dataset
+
+    labels = load_dataset("digits").y_train.numpy()  # NIID-Bench's cut gave capped client 9 a sample here
+    assert capped_clients_fed(labels, DirichletPartitioner(10, 0.5, seed=2).split(labels)) == []
+
+
+@FAST
+@given(labels=labels_st, n=st.integers(2, 30), seed=st.integers(0, 2**16), alpha=st.sampled_from([0.05, 0.5, 5.0]))
+def test_dirichlet_capped_clients_get_no_more(labels, n, seed, alpha):
+    try:
+        parts = DirichletPartitioner(n, alpha, seed=seed, min_size=0).split(labels)
+    except FedsimError:
+        return  # fewer samples than clients
+    assert capped_clients_fed(labels, parts) == []
+
 def test_shards_mcmahan_and_remainder():
     labels = np.random.default_rng(0).integers(0, 10, 60_000)
     parts = ShardPartitioner(100, 2, seed=0).split(labels)
@@ -359,6 +393,20 @@ def test_truncated_and_garbage_files_are_refused(saved, tmp_path):
     with pytest.raises(FedsimError, match="is a directory"):
         load_partition(tmp_path)
 
+
+
+def test_version_1_files_are_read_and_written_back_as_version_1(saved, tmp_path):
+    import hashlib
+
+    part, path = saved
+    assert path.read_bytes().startswith(b"FEDSIM-PARTITION 2\n") and MAGIC == b"FEDSIM-PARTITION 2\n"
+    body = b"FEDSIM-PARTITION 1\n" + path.read_bytes()[len(MAGIC):-32]  # version 1: the same layout
+    old = tmp_path / "v1.fsp"
+    old.write_bytes(body + hashlib.sha256(body).digest())
+    back = load_partition(old)
+    assert back.format_version == 1 and back.meta == part.meta
+    np.testing.assert_array_equal(back.train_index, part.train_index)
+    assert back.save(tmp_path / "again.fsp").read_bytes() == old.read_bytes()
 
 def test_check_matches(saved):
     part, path = saved

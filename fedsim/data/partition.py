@@ -4,10 +4,10 @@ A `Partition` holds CSR-style arrays (one int64 index array plus offsets per spl
 cost kilobytes beyond the indices themselves. `fedsim.data.partition_build.build_partition` makes one
 from a dataset; `load_partition` reads one back.
 
-File format (extension `.fsp`, version 1; all integers little-endian; no timestamps, so the same
+File format (extension `.fsp`, version 2; all integers little-endian; no timestamps, so the same
 arguments and seed give a byte-identical file)::
 
-    b"FEDSIM-PARTITION 1\\n"                 magic line (format name, version)
+    b"FEDSIM-PARTITION 2\\n"                 magic line (format name, version)
     uint64  H                                length of the header
     H bytes JSON header, UTF-8, sorted keys, no spaces:
             {"lengths": {"test_index": T, "train_index": L}, "meta": {...}, "num_clients": n}
@@ -17,6 +17,11 @@ arguments and seed give a byte-identical file)::
     int64[T]    test_index                   (indices into the test split, or into the train split
                                              when meta["client_test_source"] == "train")
     32 bytes    sha256 of everything above   (catches truncation and any changed byte)
+
+Version 1 has the same layout; version 2 marks files made since the Dirichlet and quantity-skew cut
+gives nothing to a client whose proportion is 0 (`partitioners.base.cut_counts`), so the same
+arguments may give a different split than a version-1 file holds. Both are read; a loaded file is
+written back with its own version.
 
 `meta["sha256"]` is the sha256 of the four arrays' bytes (in the order above): it names the split
 itself, whatever the file's other metadata. `load_partition` checks the magic, the lengths, both
@@ -36,9 +41,18 @@ from fedsim.data.partitioners.base import as_labels
 from fedsim.errors import FedsimError
 from fedsim.files import write_atomically
 
-MAGIC = b"FEDSIM-PARTITION 1\n"
-_MAGIC_NAME = b"FEDSIM-PARTITION "
 EXTENSION = ".fsp"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # same layout; see the module docstring
+_MAGIC_NAME = b"FEDSIM-PARTITION "
+
+
+def _magic(version: int) -> bytes:
+    return _MAGIC_NAME + b"%d\n" % version
+
+
+MAGIC = _magic(FORMAT_VERSION)
+_VERSION_OF_MAGIC = {_magic(v): v for v in READABLE_VERSIONS}
 
 
 class Partition:
@@ -50,7 +64,7 @@ class Partition:
     """
 
     def __init__(self, train_index, train_offsets, test_index, test_offsets, meta: dict,
-                 path: str | Path | None = None):
+                 path: str | Path | None = None, format_version: int = FORMAT_VERSION):
         arrays = [np.array(a, dtype=np.int64) for a in (train_index, train_offsets, test_index, test_offsets)]
         for a in arrays:
             a.flags.writeable = False  # train_indices(c) hands out views: nobody edits the split by accident
@@ -61,6 +75,7 @@ class Partition:
                 raise FedsimError(f"inconsistent {name} index arrays for a partition")
         self.meta = {**meta, "num_clients": len(self.train_offsets) - 1, "sha256": self.content_sha256()}
         self.path = Path(path) if path is not None else None
+        self.format_version = format_version
 
     @property
     def num_clients(self) -> int:
@@ -107,7 +122,7 @@ class Partition:
         header = {"lengths": {"train_index": len(self.train_index), "test_index": len(self.test_index)},
                   "meta": self.meta, "num_clients": self.num_clients}
         head = json.dumps(header, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-        body = b"".join([MAGIC, struct.pack("<Q", len(head)), head, *self._arrays_bytes()])
+        body = b"".join([_magic(self.format_version), struct.pack("<Q", len(head)), head, *self._arrays_bytes()])
         return body + hashlib.sha256(body).digest()
 
     def save(self, path: str | Path) -> Path:
@@ -192,11 +207,14 @@ def load_partition(path: str | Path) -> Partition:
     if not data.startswith(_MAGIC_NAME):
         raise FedsimError(f"{path} is not a fedsim partition file (it does not start with "
                           f"{MAGIC.decode().strip()!r})")
-    if not data.startswith(MAGIC):
-        line = data[: data.find(b"\n", 0, 64)].decode("ascii", "replace")
+    line_end = data.find(b"\n", 0, 64)
+    version = _VERSION_OF_MAGIC.get(data[:line_end + 1]) if line_end >= 0 else None
+    if version is None:
+        line = data[:line_end if line_end >= 0 else 64].decode("ascii", "replace")
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         raise FedsimError(f"partition file {path} has format {line!r}, which this fedsim cannot read "
-                          f"(it reads {MAGIC.decode().strip()!r}); make it again with this fedsim")
-    pos = len(MAGIC)
+                          f"(it reads versions {readable}); make it again with this fedsim")
+    pos = line_end + 1
     if len(data) < pos + 8 + 32:
         raise damaged("truncated")
     (head_len,) = struct.unpack_from("<Q", data, pos)
@@ -225,7 +243,8 @@ def load_partition(path: str | Path) -> Partition:
         pos += 8 * count
     train_offsets, train_index, test_offsets, test_index = arrays
     try:
-        part = Partition(train_index, train_offsets, test_index, test_offsets, meta, path=path)
+        part = Partition(train_index, train_offsets, test_index, test_offsets, meta, path=path,
+                         format_version=version)
     except FedsimError:
         raise damaged("inconsistent offsets") from None
     if part.meta["sha256"] != meta.get("sha256"):

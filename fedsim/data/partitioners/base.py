@@ -72,8 +72,14 @@ def owners_to_csr(owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cut_counts(proportions: np.ndarray, total: int) -> np.ndarray:
-    """Counts per client from proportions, cut as NIID-Bench does: int(cumsum * total)."""
+    """Counts per client from proportions summing to 1, cut as NIID-Bench does: int(cumsum * total).
+
+    Unlike NIID-Bench, everything from the last client with a positive proportion on is cut at
+    `total`: otherwise a cumsum that rounds to just under 1 hands the rest (a sample or so) to the
+    last client even when its proportion is 0, as a Dirichlet client at its cap.
+    """
     cuts = np.minimum((np.cumsum(proportions) * total).astype(np.int64)[:-1], total)
+    cuts[np.flatnonzero(proportions)[-1]:] = total
     return np.diff(np.concatenate(([0], cuts, [total])))
 
 
