@@ -6,6 +6,8 @@ import gzip
 import os
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,31 @@ def test_digits_shapes_dtypes_normalization():
     assert ds.x_train.min() == -1.0 and ds.x_train.max() == 1.0
     assert set(ds.y_test.tolist()) == set(range(10))
     assert ds.natural_train is None
+
+
+def test_digits_equal_sklearns_and_every_fifth_of_a_class_is_test():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    ds = load_dataset("digits")
+    rank_in_class = np.zeros(len(bunch.target), dtype=np.int64)
+    for c in range(10):
+        where = np.flatnonzero(bunch.target == c)
+        rank_in_class[where] = np.arange(len(where))
+    is_test = rank_in_class % 5 == 4
+    x = torch.from_numpy((bunch.images.astype(np.float32) / 16.0 - 0.5) / 0.5).unsqueeze(1)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    assert torch.equal(ds.x_train, x[~is_test]) and torch.equal(ds.y_train, y[~is_test])
+    assert torch.equal(ds.x_test, x[is_test]) and torch.equal(ds.y_test, y[is_test])
+    assert (len(ds.y_train), len(ds.y_test)) == (1442, 355)  # the README's numbers
+    assert ds.y_test.bincount().tolist() == [n // 5 for n in np.bincount(bunch.target)]
+
+
+def test_digits_load_without_importing_sklearn():
+    code = ("import sys; from fedsim.data.datasets import load_dataset; load_dataset('digits'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_generic_options_are_ignored_where_unused_and_typos_rejected():
