@@ -144,6 +144,14 @@ def test_global_rng_untouched_and_seed_matters():
     assert any(not np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+
+def test_one_partitioner_per_scheme():
+    from fedsim.data.partitioners import Partitioner
+    from fedsim.data.schemes import SCHEME_DEFAULTS, SCHEMES
+
+    assert sorted(cls.name for cls in Partitioner.__subclasses__()) == sorted(SCHEMES)
+    assert set(SCHEME_DEFAULTS) <= set(SCHEMES)
+
 # --- the schemes one by one ------------------------------------------------------------------
 
 def test_iid_shuffles_sorted_labels():
