@@ -2,14 +2,16 @@
 
     import fedsim
     df = fedsim.run(fedsim.Config(algo="fedprox", mu=0.01, rounds=20))
+    df = fedsim.run(fedsim.Config(algo="fedprox"), model=MyCNN(), dataset=fedsim.Dataset.from_tensors(...))
     df = fedsim.run(resume="results/digits-fedprox-mlp-seed0.csv", rounds=40)  # continue it from its checkpoint
 
 Heavy modules (torch) load on first use, so `fedsim --help` stays fast.
 """
 
-__version__ = "0.1.0"
+from fedsim.version import __version__
 
-__all__ = ["Config", "run", "load_checkpoint", "load_partition", "load_dataset", "build_partition", "__version__"]
+__all__ = ["Config", "Dataset", "run", "load_checkpoint", "load_partition", "load_dataset", "build_partition",
+           "__version__"]
 
 
 def __getattr__(name):
@@ -18,7 +20,7 @@ def __getattr__(name):
 
         return Config
     if name == "run":
-        from fedsim.engine.run import run
+        from fedsim.experiment import run
 
         return run
     if name == "load_checkpoint":
@@ -29,8 +31,8 @@ def __getattr__(name):
         from fedsim.data import partition, partition_build
 
         return getattr(partition if name == "load_partition" else partition_build, name)
-    if name == "load_dataset":
-        from fedsim.data.datasets import load_dataset
+    if name in ("load_dataset", "Dataset"):
+        from fedsim.data import datasets
 
-        return load_dataset
+        return getattr(datasets, name)
     raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

@@ -1,23 +1,32 @@
 """The experiment configuration: one flat dataclass whose field names are the CLI option names.
 
 Every option of `fedsim train` is a field here (dashes become underscores), so a TOML file uses the
-same names as the command line, and the run record (`<name>.json`) stores exactly this.
+same names as the command line, and the run record (`<name>.json`) stores exactly this. The general
+options are written below; each algorithm's own options (FedProx's `mu`, ...) are added from the
+algorithm's declaration (`fedsim.algorithms.algorithm_options`), their one source. `Config.validate`
+is the one place the options are checked, before anything is loaded or written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsim.algorithms import ALGORITHMS, algorithm_options
+from fedsim.core.params import Range, check_value
 from fedsim.errors import FedsimError
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards", "labels", "quantity_skew", "natural")
+EXECUTORS = ("auto", "sequential", "vmap")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+BN_MODES = ("global", "local")
 
 
 @dataclass
-class Config:
+class GeneralOptions:
     # --- data -------------------------------------------------------------------------------
     dataset: str = "digits"
     data_dir: str | None = None          # default: $FEDSIM_DATA or ./data
@@ -39,17 +48,9 @@ class Config:
     model: str = "mlp"
     pretrained: bool = False
     algo: str = "fedavg"
-    mu: float = 0.01                     # FedProx proximal weight (0 = FedAvg)
     bn: str = "global"                   # global: BN state averaged; local: kept per client (FedBN)
     head: str | None = None              # personalized FL: head module name(s), comma-separated
-    server_lr: float | None = None       # server step size (default 1; FedAdam/FedYogi/FedAdagrad 0.01)
-    server_momentum: float = 0.9         # FedAvgM
-    server_beta1: float = 0.9            # FedAdam / FedYogi / FedAdagrad
-    server_beta2: float = 0.99
-    server_tau: float = 1e-3             # adaptivity (epsilon) of the server optimizers
-    head_epochs: int = 1                 # FedRep: head-only epochs before the base epochs
-    lam: float = 0.1                     # Ditto: pull of the personal model to the global one
-    freeze_base: bool = False            # train only the head locally (frozen backbone)
+    freeze_base: bool = False            # personalized FL: train only the head locally (frozen backbone)
     # --- rounds and clients per round -------------------------------------------------------
     rounds: int = 20
     fraction: float = 1.0                # clients per round = max(round(fraction * N), min_clients)
@@ -69,7 +70,7 @@ class Config:
     executor: str = "auto"               # auto | sequential | vmap
     cohort_chunk: int | None = None      # vmap: clients trained together at most (default: whole cohort)
     compile: bool = False                # torch.compile the vmap step
-    threads: int | None = None           # CPU threads for torch (default: every core for vmap, 1 for sequential)
+    threads: int | None = None           # CPU threads for torch (default: chosen by timing, see engine/threads.py)
     # --- run --------------------------------------------------------------------------------
     seed: int = 0
     eval_every: int = 1
@@ -104,23 +105,109 @@ class Config:
         """The inverse of `to_dict` (a run record's or a checkpoint's config)."""
         return cls(**{**values, "betas": tuple(values["betas"])})
 
+    def validate(self) -> None:
+        """Every option's type and range, and the combinations that cannot work: one line naming the option."""
+        hints = _hints()
+        for name in FIELDS:
+            value = getattr(self, name)
+            if not _type_ok(value, hints[name]):
+                raise FedsimError(f"--{_dashed(name)} must be {_describe(hints[name])} (got {value!r})")
+            check_value(name, value, RANGES.get(name, Range()))
+        for value in self.betas:
+            check_value("betas", value, Range(0, 1, high_open=True))
+        for name, option in algorithm_options().items():
+            if getattr(self, name) is not None:
+                for allowed in option.ranges.values():
+                    check_value(name, getattr(self, name), allowed)
+        for name, what, choices in (("algo", "algorithm", tuple(ALGORITHMS)), ("executor", "executor", EXECUTORS),
+                                    ("optimizer", "optimizer", OPTIMIZERS), ("bn", "--bn mode", BN_MODES)):
+            if getattr(self, name) not in choices:
+                raise FedsimError(f"unknown {what} {getattr(self, name)!r}: choose one of {', '.join(choices)}")
+        self.scheme  # noqa: B018  (raises on two schemes at once)
+
+
+# Numeric ranges of the general options (the algorithms declare theirs); every float must also be finite.
+RANGES = {
+    "rounds": Range(1), "fraction": Range(0, 1, low_open=True), "min_clients": Range(1),
+    "local_epochs": Range(1), "local_steps": Range(1), "batch_size": Range(1), "lr": Range(0, low_open=True),
+    "momentum": Range(0, 1, high_open=True), "weight_decay": Range(0), "lr_decay": Range(0, 1, low_open=True),
+    "clip": Range(0, low_open=True), "eval_every": Range(1), "checkpoint_every": Range(0), "clients": Range(1),
+    "threads": Range(1), "cohort_chunk": Range(1), "min_size": Range(0), "shards": Range(1), "labels": Range(1),
+    "dirichlet": Range(0, low_open=True), "quantity_skew": Range(0, low_open=True),
+    "client_test_fraction": Range(0, 1, low_open=True, high_open=True),
+}
+
+
+def _algorithm_fields() -> list[tuple]:
+    return [(o.name, o.type | None if o.default is None else o.type, dataclasses.field(default=o.default))
+            for o in algorithm_options().values()]
+
+
+Config = dataclasses.make_dataclass("Config", _algorithm_fields(), bases=(GeneralOptions,))
+Config.__module__ = __name__
+Config.__doc__ = ("An experiment's options: the general ones (GeneralOptions) and every algorithm's own, "
+                  "as declared in its Params (None: the running algorithm's default).")
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
+def _hints() -> dict:
+    hints = typing.get_type_hints(GeneralOptions)
+    hints.update({f.name: f.type for f in dataclasses.fields(Config) if f.name not in hints})
+    return hints
+
+
+def _dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _type_ok(value, hint) -> bool:
+    if isinstance(hint, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        return isinstance(value, tuple | list) and len(value) == len(args) and all(
+            _type_ok(v, h) for v, h in zip(value, args, strict=True))
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "unset"
+    if typing.get_origin(hint) is tuple:
+        return f"{len(typing.get_args(hint))} numbers"
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
 def config_from_toml(path: str | Path) -> dict:
-    """Read a TOML file of option names (dashes or underscores) and return them as Config fields."""
+    """Read a TOML file of option names (dashes or underscores) and return them as Config fields, each of its
+    field's type (checked here, so a wrong type names the file)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise FedsimError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise FedsimError(f"config file {path} is a folder: pass a .toml file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FedsimError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise FedsimError(f"config file {path} is not valid TOML: {e}") from None
+    hints = _hints()
     values = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in FIELDS:
             raise FedsimError(f"config file {path}: unknown option {key!r} (see `fedsim train --help`)")
+        if not _type_ok(value, hints[name]):
+            raise FedsimError(f"config file {path}: {key} must be {_describe(hints[name])} (got {value!r})")
         values[name] = tuple(value) if name == "betas" else value
     return values

@@ -36,12 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from fedsim.algorithms.base import ClientStore, FedAvg, ModelKeys
+from fedsim.algorithms.fedavg import FedAvg
 from fedsim.config import Config
-from fedsim.engine import rng
+from fedsim.core import rng
+from fedsim.core.hooks import ClientStore, ModelKeys
+from fedsim.core.state import model_state
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
 from fedsim.engine.optim import OptimizerSpec
-from fedsim.engine.state import model_state
+from fedsim.engine.round import run_round
 from fedsim.engine.vmap import VmapExecutor
 from fedsim.models import build_model
 
@@ -128,8 +130,7 @@ def fedsim_method(w: Workload, executor_fn):
     store = ClientStore({})
 
     def round_fn(r: int):
-        jobs = [algo.client_job(server[0], store, c) for c in w.cohort(r)]
-        server[0] = algo.aggregate(server[0], executor.train(algo.phases(), jobs, r, LR))
+        server[0] = run_round(algo, executor, server[0], store, w.cohort(r), r, LR).server
 
     return round_fn
 

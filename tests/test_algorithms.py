@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsim.algorithms import ALGORITHMS, algorithm_class
-from fedsim.algorithms.base import ClientResult, ClientStore, FedAvg, ModelKeys
+from fedsim.algorithms.fedavg import FedAvg
 from fedsim.config import Config
+from fedsim.core.hooks import ClientResult, ClientStore, ModelKeys
+from fedsim.core.state import model_state
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
 from fedsim.engine.optim import OptimizerSpec
-from fedsim.engine.state import model_state
+from fedsim.engine.round import run_round
 from fedsim.errors import FedsimError
 
 
@@ -103,11 +105,10 @@ class Sim:
         lr = self.config.lr
         spec = LocalSpec(OptimizerSpec("sgd", lr, momentum), batch_size, epochs, steps, seed=0)
         jobs = [self.algo.client_job(self.server, self.store, c) for c in cohort]
-        results = SequentialExecutor(self.model, self.data, spec).train(self.algo.phases(), jobs, self.round, lr)
-        for r in results:
-            self.algo.client_finish(self.server, self.store, r)
-        self.server = self.algo.aggregate(self.server, results)
-        return jobs, results
+        result = run_round(self.algo, SequentialExecutor(self.model, self.data, spec), self.server, self.store,
+                           cohort, self.round, lr)
+        self.server = result.server
+        return jobs, result.sent
 
 
 def sgd_step(state, x, y, lr, trainable=None, penalty=None, correction=None):
@@ -231,13 +232,13 @@ def momentum_weight(tau, rho):
 
 
 def test_fednova_with_unequal_steps_normalizes_by_momentum_weighted_steps():
-    from fedsim.algorithms.fednova import FedNova, FedNovaParams
+    from fedsim.algorithms.fednova import FedNova, steps_weight
 
     torch.manual_seed(0)
     rho = 0.9
     for tau in (1, 2, 5):
-        assert math.isclose(FedNovaParams(rho).steps_weight(tau), momentum_weight(tau, rho), rel_tol=1e-6)
-        assert FedNovaParams(0.0).steps_weight(tau) == tau
+        assert math.isclose(steps_weight(tau, rho), momentum_weight(tau, rho), rel_tol=1e-6)
+        assert steps_weight(tau, 0.0) == tau
     model, data = Net(), tiny_data()
     sim = Sim(FedNova, model, data, momentum=rho)
     _, results = sim.step([0, 1, 2], batch_size=2, momentum=rho)
@@ -544,11 +545,8 @@ def test_vmap_executor_gives_the_sequential_numbers(name):
         sim = Sim(algorithm_class(name), model, data, lr=0.1, lam=0.5, server_lr=0.1)
         spec = LocalSpec(OptimizerSpec("sgd", 0.1, 0.5), batch_size=3, epochs=2, seed=0)
         for r in (1, 2):
-            jobs = [sim.algo.client_job(sim.server, sim.store, c) for c in (0, 1, 2)]
-            results = executor(model, data, spec).train(sim.algo.phases(), jobs, r, 0.1)
-            for res in results:
-                sim.algo.client_finish(sim.server, sim.store, res)
-            sim.server = sim.algo.aggregate(sim.server, results)
+            sim.server = run_round(sim.algo, executor(model, data, spec), sim.server, sim.store, (0, 1, 2), r,
+                                   0.1).server
         sims.append(sim)
     a, b = sims
     close(a.server.model, b.server.model, atol=1e-6, rtol=1e-5)

@@ -4,12 +4,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsim.algorithms.base import ClientJob, ClientResult, ClientStore, FedAvg, ModelKeys, ServerState
+from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedprox import FedProx
 from fedsim.config import Config
+from fedsim.core.hooks import ClientJob, ClientResult, ClientStore, ModelKeys, ServerState
+from fedsim.core.state import model_state, weighted_mean
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor, batch_schedule, train_client
 from fedsim.engine.optim import OptimizerSpec, clip_by_global_norm
-from fedsim.engine.state import model_state, weighted_mean
+from fedsim.engine.round import run_round
 
 
 def tiny_data(sizes=(3, 5, 8), dim=4, classes=3, seed=0):
@@ -166,11 +168,8 @@ def test_bn_local_keeps_bn_per_client_and_averages_the_rest():
     server = algo.init_server(initial)
     store = ClientStore(algo.personal_initial(initial))
     spec = LocalSpec(OptimizerSpec("sgd", 0.1), batch_size=2, epochs=1)
-    results = SequentialExecutor(model, data, spec).train(
-        algo.phases(), [algo.client_job(server, store, c) for c in (0, 1)], 1, 0.1)
-    for r in results:
-        algo.client_finish(server, store, r)
-    new = algo.aggregate(server, results)
+    round_result = run_round(algo, SequentialExecutor(model, data, spec), server, store, (0, 1), 1, 0.1)
+    new, results = round_result.server, round_result.sent
     assert torch.equal(new.model["bn.running_mean"], initial["bn.running_mean"])  # not averaged
     for r in results:
         assert torch.equal(store.get(r.client)["bn.running_mean"], r.states[-1]["bn.running_mean"])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from test_vmap import MLP, _jobs, assert_same, run_both, spec_of, tiny_data
 from torch import nn
 
-from fedsim.algorithms.base import Phase
+from fedsim.core.hooks import Phase
 from fedsim.engine.optim import OptimizerSpec
 from fedsim.engine.outer import LinearTaps, OuterProduct, tappable_linears
 from fedsim.engine.vmap import VmapExecutor

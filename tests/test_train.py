@@ -1,5 +1,6 @@
 """`fedsim.run` and `fedsim train` end to end on the embedded digits dataset."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -63,7 +64,7 @@ def test_fedavg_personal_accuracy_is_the_global_model_on_each_slice(tmp_path):
 
 
 def test_zero_sample_clients_are_never_sampled(tmp_path, monkeypatch):
-    from fedsim.engine.run import Experiment
+    from fedsim.experiment import Experiment
 
     seen = []
     original = Experiment.cohort
@@ -89,9 +90,7 @@ def test_divergence_stops_with_round_and_client_and_keeps_rows(tmp_path, monkeyp
 
     def poisoned(model, data, spec, phases, job, round, lr):
         result = original(model, data, spec, phases, job, round, lr)
-        if round == 3:
-            result.loss = float("nan")
-        return result
+        return dataclasses.replace(result, loss=float("nan")) if round == 3 else result
 
     monkeypatch.setattr(local, "train_client", poisoned)
     with pytest.raises(DivergenceError) as err:
@@ -133,7 +132,7 @@ def test_cli_train_and_toml_with_flag_override(tmp_path):
     (["--algo", "fedprox", "--mu", "-0.1"], "--mu"),
     (["--local-epochs", "0"], "--local-epochs"),
     (["--dirichlet", "0.5", "--shards", "2"], "one partition scheme"),
-    (["--dirichlet", "0"], "alpha"),
+    (["--dirichlet", "0"], "--dirichlet must be > 0"),
     (["--clients", "5000"], "clients"),
     (["--freeze-base"], "personalized algorithms"),
 ])

@@ -7,13 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from fedsim.algorithms.base import ClientJob, ClientStore, FedAvg, ModelKeys, Phase, proximal_penalty
+from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedbn import FedBN
-from fedsim.algorithms.fedprox import FedProx
+from fedsim.algorithms.fedprox import FedProx, proximal_penalty
 from fedsim.config import Config
+from fedsim.core.hooks import ClientJob, ClientStore, ModelKeys, Phase
+from fedsim.core.state import model_state
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
 from fedsim.engine.optim import OptimizerSpec
-from fedsim.engine.state import model_state
+from fedsim.engine.round import run_round
 from fedsim.engine.vmap import VmapExecutor, vmap_unsupported_reason
 from fedsim.models import bn_state_keys, build_model
 
@@ -250,10 +252,7 @@ def test_fedbn_two_rounds_match_sequential():
         algo = FedBN(Config(), keys_of(model))
         server, store = algo.init_server(initial), ClientStore(algo.personal_initial(initial))
         for r, cohort in enumerate([(0, 1, 3), (0, 1, 2, 3, 4)], start=1):
-            results = executor.train(algo.phases(), [algo.client_job(server, store, c) for c in cohort], r, 0.1)
-            for res in results:
-                algo.client_finish(server, store, res)
-            server = algo.aggregate(server, results)
+            server = run_round(algo, executor, server, store, cohort, r, 0.1).server
         finals.append([server.model, *(store.get(c) for c in range(5))])
     assert {"bn1.running_mean", "bn2.num_batches_tracked"} <= set(algo.personal)
     for a, b in zip(*finals, strict=True):
@@ -318,16 +317,16 @@ def test_batchnorm_conv_model_end_to_end_vmap_matches_sequential(tmp_path):
     ("resnet18", (3, 8, 8), "sequential"),  # convolutions hold nearly all the weights
 ])
 def test_auto_executor_on_cpu_keeps_convolution_heavy_models_sequential(model, shape, executor):
-    from fedsim.engine.run import make_executor
+    from fedsim.engine.executors import make_executor
 
     net = build_model(model, shape, 4)
     data = tiny_data(shape=shape)
     spec = LocalSpec(OptimizerSpec("sgd", 0.1), batch_size=4)
-    chosen = make_executor(Config(executor="auto"), net, data, spec, FedAvg(Config(), keys_of(net)))
+    chosen = make_executor("auto", net, data, spec, FedAvg(Config(), keys_of(net)))
     assert chosen.name == executor
     if executor == "sequential":
         assert "convolutions hold most" in chosen.reason and "--executor vmap" in chosen.reason
-    assert make_executor(Config(executor="vmap"), net, data, spec, FedAvg(Config(), keys_of(net))).name == "vmap"
+    assert make_executor("vmap", net, data, spec, FedAvg(Config(), keys_of(net))).name == "vmap"
 
 
 @pytest.mark.parametrize("name,kw", [

@@ -1,8 +1,16 @@
-"""The algorithm shelf: name -> class, imported on use. Each file states only how it differs from FedAvg."""
+"""The algorithm shelf: name -> class, and every algorithm's options as each declares them (its `Params`).
+
+Each file states only how it differs from FedAvg. Algorithm modules load torch only inside the functions that
+compute, so `algorithm_options()` (the CLI's --help, Config's fields) reads every declaration quickly.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
+import typing
+from dataclasses import dataclass
 
 from fedsim.errors import FedsimError
 
@@ -28,3 +36,68 @@ def algorithm_class(name: str):
         raise FedsimError(f"unknown algorithm {name!r}: choose one of {', '.join(ALGORITHMS)}")
     module, cls = ALGORITHMS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+@dataclass(frozen=True)
+class AlgorithmOption:
+    """One algorithm option as its algorithms declare it (several may share it, e.g. --server-lr)."""
+
+    name: str  # the Config field; the CLI option is --name with dashes
+    type: type
+    defaults: dict[str, object]  # algorithm -> its default
+    helps: dict[str, str]  # algorithm -> its help text
+    ranges: dict[str, object]  # algorithm -> its Range
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return tuple(self.defaults)
+
+    @property
+    def default(self):
+        """The Config default: the declared one where every algorithm agrees, else None (each its own)."""
+        values = set(self.defaults.values())
+        return values.pop() if len(values) == 1 else None
+
+    @property
+    def help(self) -> str:
+        """`algos: help (default d)` for each distinct help text, joined by '; '."""
+        by_text: dict[tuple[str, object], list[str]] = {}
+        for algo, text in self.helps.items():
+            by_text.setdefault((text, self.defaults[algo]), []).append(algo)
+        return "; ".join(f"{', '.join(algos)}: {text} (default {default:g})" if isinstance(default, float)
+                         else f"{', '.join(algos)}: {text} (default {default})"
+                         for (text, default), algos in by_text.items())
+
+
+@functools.cache
+def algorithm_options() -> dict[str, AlgorithmOption]:
+    """Every algorithm option, by name, collected from the algorithms' `Params` declarations."""
+    found: dict[str, AlgorithmOption] = {}
+    for algo in ALGORITHMS:
+        params = algorithm_class(algo).Params
+        hints = typing.get_type_hints(params)
+        for f in dataclasses.fields(params):
+            option = found.setdefault(f.name, AlgorithmOption(f.name, hints[f.name], {}, {}, {}))
+            if option.type is not hints[f.name]:
+                raise TypeError(f"{algo} declares option {f.name} as {hints[f.name]}, others as {option.type}")
+            option.defaults[algo] = f.default
+            option.helps[algo] = f.metadata["help"]
+            option.ranges[algo] = f.metadata["range"]
+    return found
+
+
+def options_of(algo: str) -> frozenset[str]:
+    """The names of the options algorithm `algo` reads beyond the general ones (FedProx: mu)."""
+    return frozenset(f.name for f in dataclasses.fields(algorithm_class(algo).Params))
+
+
+def algorithms_help() -> str:
+    """One line naming every algorithm with its own options, the personalized ones apart."""
+    def entry(algo: str) -> str:
+        own = sorted(options_of(algo))
+        return algo + (f" ({', '.join('--' + o.replace('_', '-') for o in own)})" if own else "")
+
+    personalized = [a for a in ALGORITHMS if algorithm_class(a).personalized]
+    shared = [a for a in ALGORITHMS if a not in personalized]
+    return (" | ".join(entry(a) for a in shared) + " | personalized, on a base/head split (--head, --freeze-base): "
+            + " | ".join(entry(a) for a in personalized) + ".")

@@ -15,33 +15,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsim.algorithms.base import FedAvg, Phase, proximal_penalty
+from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedper import local_trainable
-from fedsim.engine.state import clone
+from fedsim.algorithms.fedprox import proximal_penalty
+from fedsim.core.hooks import Phase
+from fedsim.core.params import Params, option
+from fedsim.core.state import clone
 from fedsim.errors import FedsimError
 
 
 @dataclass(frozen=True)
-class DittoParams:
-    lam: float = 0.1  # λ (--lam), >= 0: pull of v toward w_global; 0 trains v alone. The global model is
-    #                  FedAvg for every λ; λ → ∞ makes v the global model
-    freeze_base: bool = False  # --freeze-base: train only the head (of v and of the global copy)
-
-    def __post_init__(self):
-        if self.lam < 0:
-            raise FedsimError(f"--lam must be >= 0 (got {self.lam})")
+class DittoParams(Params):
+    # the global model is FedAvg for every λ; λ → ∞ makes v the global model
+    lam: float = option(0.1, "pull λ of each personal model toward the global one (0 trains it alone)", low=0)
 
 
 class Ditto(FedAvg):
     name = "ditto"
     personalized = True
+    Params = DittoParams
 
     def __init__(self, config, keys, num_clients: int = 1):
         if config.bn == "local":
             raise FedsimError("ditto keeps a whole personal model (BN layers included); drop --bn local")
         super().__init__(config, keys, num_clients)
-        self.params = DittoParams(lam=config.lam, freeze_base=config.freeze_base)
-        self.trainable = local_trainable(keys, self.params.freeze_base, self.name)
+        self.trainable = local_trainable(keys, config.freeze_base, self.name)
 
     def personal_initial(self, initial):
         return clone(initial)  # v starts as the initial model
@@ -56,6 +54,7 @@ class Ditto(FedAvg):
 
     def client_finish(self, server, store, result):
         store.put(result.client, result.states[0])
+        return result
 
     def personal_model(self, server, store, client):
         return store.get(client)

@@ -31,30 +31,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
-import torch.nn.functional as F
-from torch.func import functional_call
-
-from fedsim.algorithms.base import Phase
 from fedsim.algorithms.fedper import FedPer
-from fedsim.engine.state import clone, weighted_mean
-from fedsim.errors import FedsimError
+from fedsim.core.hooks import Phase
+from fedsim.core.params import Params, option
+from fedsim.core.state import clone, weighted_mean
 
 CHUNK = 4096  # samples per forward pass when computing prototypes
 
 
 @dataclass(frozen=True)
-class FedASParams:
-    align_lr: float = 0.01  # alignment step size (hard-coded 0.01 in the code), > 0
-    align_epochs: int = 1  # alignment epochs per round (the code: 1), >= 0; 0 skips the alignment
-
-    def __post_init__(self):
-        if not self.align_lr > 0 or self.align_epochs < 0:
-            raise FedsimError(f"fedas: align_lr must be > 0 and align_epochs >= 0 (got {self})")
+class FedASParams(Params):
+    align_lr: float = option(0.01, "parameter-alignment step size (the authors' code: 0.01)", low=0, low_open=True)
+    align_epochs: int = option(1, "parameter-alignment epochs per round (the code: 1; 0 skips the alignment)",
+                               low=0)
 
 
 def features_and_logits(model, state, x, head_modules):
     """The head's input (the base's output) and the logits, from one forward through `functional_call`."""
+    from torch.func import functional_call
+
     seen = []
     hooks = [model.get_submodule(name).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
              for name in head_modules]
@@ -69,27 +64,27 @@ def features_and_logits(model, state, x, head_modules):
 class FedAS(FedPer):
     name = "fedas"
     vmap_ok = False  # prototypes and the Fisher trace are per-client Python work
+    Params = FedASParams
 
     def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
-        self.params = FedASParams()  # the code's constants; no CLI options
         self.head_modules = sorted({k.rpartition(".")[0] for k in self.head_params})
 
     def personal_initial(self, initial):
         return clone(initial)  # a client's whole local model: its head, and its base for the prototypes
 
     def phases(self):
-        if self.personalization.freeze_base:
+        if self.config.freeze_base:
             return [Phase(trainable=self.head_params)]
         align = Phase(trainable=self.base_params, epochs=self.params.align_epochs, loss=self.alignment_loss)
         return ([align] if self.params.align_epochs else []) + [Phase()]
 
     def client_context(self, server, store, client):
-        return {} if self.personalization.freeze_base else {"prototypes": self.prototypes(store.get(client), client)}
+        return {} if self.config.freeze_base else {"prototypes": self.prototypes(store.get(client), client)}
 
     def client_finish(self, server, store, result):
         store.put(result.client, result.states[-1])
-        result.extra["fisher"] = self.fisher_trace(result.states[-1], result.client)
+        return replace(result, extra={**result.extra, "fisher": self.fisher_trace(result.states[-1], result.client)})
 
     def aggregate(self, server, results):
         weights = [r.extra["fisher"] for r in results]
@@ -98,22 +93,28 @@ class FedAS(FedPer):
         mean = weighted_mean([r.states[-1] for r in results], weights, self.shared)
         return replace(server, model={**server.model, **mean})
 
-    # --- the client-side computations ------------------------------------------------------------------
-    @torch.no_grad()
-    def prototypes(self, state, client: int) -> torch.Tensor:
+    # --- the client-side computations (torch loads here: the algorithm's declarations stay light) ---------
+    def prototypes(self, state, client: int):
         """(classes, features): per-class mean features of the client's data under `state` (eval mode)."""
+        import torch
+        import torch.nn.functional as F
+
         idx, sums, counts = self.data.of(client), 0, 0
         self.model.eval()
-        for start in range(0, len(idx), CHUNK):
-            batch = idx[start : start + CHUNK]
-            feats, logits = features_and_logits(self.model, state, self.data.x[batch], self.head_modules)
-            onehot = F.one_hot(self.data.y[batch], logits.shape[1]).to(feats.dtype)
-            sums, counts = sums + onehot.T @ feats, counts + onehot.sum(0)
+        with torch.no_grad():
+            for start in range(0, len(idx), CHUNK):
+                batch = idx[start : start + CHUNK]
+                feats, logits = features_and_logits(self.model, state, self.data.x[batch], self.head_modules)
+                onehot = F.one_hot(self.data.y[batch], logits.shape[1]).to(feats.dtype)
+                sums, counts = sums + onehot.T @ feats, counts + onehot.sum(0)
         return sums / counts.clamp(min=1)[:, None]
 
     def alignment_loss(self, model, state, x, y, ctx):
         """Σ over the batch's classes of MSE(features of the class's samples, its prototype), scaled to the
         alignment step; its reported value is the batch's cross-entropy."""
+        import torch
+        import torch.nn.functional as F
+
         feats, logits = features_and_logits(model, state, x, self.head_modules)
         per_sample = ((feats - ctx["prototypes"][y]) ** 2).mean(1)
         mse = (per_sample / torch.bincount(y)[y]).sum() * (self.params.align_lr / self.config.lr)
@@ -121,6 +122,10 @@ class FedAS(FedPer):
 
     def fisher_trace(self, state, client: int) -> float:
         """Σ over batches of the squared norm of the batch-mean NLL gradient (every parameter, eval mode)."""
+        import torch
+        import torch.nn.functional as F
+        from torch.func import functional_call
+
         idx, total = self.data.of(client), 0.0
         params = [k for k in self.keys.params if k in state]
         self.model.eval()

@@ -1,5 +1,106 @@
-"""FedAvg (McMahan et al., AISTATS 2017): the defaults of every hook, see `fedsim.algorithms.base`."""
+"""FedAvg, and the hooks every algorithm shares with it: an algorithm subclasses FedAvg and says only how it differs.
 
-from fedsim.algorithms.base import FedAvg
+The engine owns the round loop (`fedsim.engine.round.run_round`) and the local training loop. The hooks:
 
-__all__ = ["FedAvg"]
+    Params            the algorithm's options, declared once (fedsim.core.params)
+    personal_keys()   which state stays with each client (FedBN: BN layers; FedPer/FedRep: the head)
+    phases()          the stretches of local training and their loss/gradient changes (FedProx, SCAFFOLD,
+                      FedRep's head-then-base, Ditto's personal model)
+    client_context()  per-client tensors the phases read (the global weights, control variates)
+    client_finish()   what a client keeps (its personal part, SCAFFOLD's c_i) and what it sends the server
+                      (the ClientResult, with `extra` such as SCAFFOLD's dc_i)
+    aggregate()       the server update from what the clients sent (weighted mean, FedNova, server optimizers)
+    personal_model()  the model a client would use itself, for personalized accuracy
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from fedsim.core.hooks import ClientJob, ClientResult, ClientStore, ModelKeys, Phase, ServerState
+from fedsim.core.params import Params
+from fedsim.core.state import State, clone, num_bytes, weighted_mean
+
+
+@dataclass(frozen=True)
+class NoParams(Params):
+    """FedAvg reads only the general options (local training, rounds, ...)."""
+
+
+class FedAvg:
+    """FedAvg: McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized
+    Data", AISTATS 2017 (arXiv:1602.05629). Clients run local SGD from the global model; the server
+    takes the sample-weighted mean of their models (parameters and floating BN buffers; integer
+    buffers stay integer). With `--bn local`, BN layers stay with each client (FedBN's behaviour).
+    """
+
+    name = "fedavg"
+    needs_head = False  # personalized algorithms set this: the engine then finds the model's head
+    personalized = False  # keeps a personal model part per client (and honours --freeze-base)
+    vmap_ok = True  # False: the algorithm needs per-client Python work the vmap executor cannot batch
+    Params = NoParams  # the algorithm's own options; a subclass declares its own (fedsim.core.params)
+
+    def __init__(self, config, keys: ModelKeys, num_clients: int = 1):
+        self.config = config
+        self.params = self.Params.from_config(config)
+        self.keys = keys
+        self.num_clients = num_clients
+        self.model = self.data = None
+        personal = self.personal_keys()
+        self.personal = [k for k in keys.all if k in personal]
+        self.shared = [k for k in keys.all if k not in personal]
+        self.shared_params = [k for k in keys.params if k not in personal]
+
+    def attach(self, model, data) -> None:
+        """The engine hands over the template model and the clients' data (for FedAS-like hooks)."""
+        self.model, self.data = model, data
+
+    # --- what is whose ---------------------------------------------------------------------------
+    def personal_keys(self) -> set[str]:
+        return set(self.keys.bn) if self.config.bn == "local" else set()
+
+    def personal_initial(self, initial: State) -> State:
+        """Per-client state a client starts with (its personal part of the initial model)."""
+        return clone(initial, self.personal)
+
+    # --- server ------------------------------------------------------------------------------------
+    def init_server(self, initial: State) -> ServerState:
+        return ServerState(model=clone(initial))
+
+    # --- client ------------------------------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        return [Phase()]
+
+    def client_context(self, server: ServerState, store: ClientStore, client: int) -> dict:
+        return {}
+
+    def client_job(self, server: ServerState, store: ClientStore, client: int) -> ClientJob:
+        start = clone(server.model, self.shared)
+        start.update(clone(store.get(client), self.personal))
+        return ClientJob(client, start, self.client_context(server, store, client))
+
+    def client_finish(self, server: ServerState, store: ClientStore, result: ClientResult) -> ClientResult:
+        """Keep what the client keeps (its personal part); return what it sends the server's `aggregate`."""
+        if self.personal:
+            store.put(result.client, {k: result.states[-1][k] for k in self.personal})
+        return result
+
+    def aggregate(self, server: ServerState, results: list[ClientResult]) -> ServerState:
+        mean = weighted_mean([r.states[-1] for r in results], [r.num_samples for r in results], self.shared)
+        return replace(server, model={**server.model, **mean})
+
+    # --- evaluation and accounting -----------------------------------------------------------------
+    def personal_model(self, server: ServerState, store: ClientStore, client: int) -> State | None:
+        """The model client `client` uses itself; None when that is the global model."""
+        if not self.personal:
+            return None
+        return {**server.model, **store.get(client)}
+
+    def bytes_down(self, server: ServerState) -> int:
+        """Bytes the server sends one client per round."""
+        return num_bytes(server.model, self.shared)
+
+    def bytes_up(self, server: ServerState) -> int:
+        """Bytes one client sends the server per round."""
+        return num_bytes(server.model, self.shared)
+

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 
-from fedsim.algorithms.base import FedAvg
+from fedsim.algorithms.fedavg import FedAvg
 
 
 class FedBN(FedAvg):

@@ -17,25 +17,16 @@ With equal steps for every client FedNova is FedAvg.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from fedsim.algorithms.base import FedAvg
-from fedsim.engine.state import weighted_mean
+from fedsim.algorithms.fedavg import FedAvg
+from fedsim.core.state import weighted_mean
 from fedsim.errors import FedsimError
 
 
-@dataclass(frozen=True)
-class FedNovaParams:
-    momentum: float = 0.0  # ρ, the client SGD momentum (--momentum), in [0, 1); 0 gives a_i = τ_i
-
-    def __post_init__(self):
-        if not 0 <= self.momentum < 1:
-            raise FedsimError(f"fednova needs --momentum in [0, 1) (got {self.momentum})")
-
-    def steps_weight(self, tau: int) -> float:
-        """a_i: the total weight local SGD put on the client's gradients over τ steps, in units of lr."""
-        rho = self.momentum
-        return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
+def steps_weight(tau: int, rho: float) -> float:
+    """a_i: the total weight local SGD with momentum ρ put on a client's gradients over τ steps, in units of lr."""
+    return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
 
 
 class FedNova(FedAvg):
@@ -45,12 +36,13 @@ class FedNova(FedAvg):
         super().__init__(config, keys, num_clients)
         if config.optimizer != "sgd":
             raise FedsimError(f"fednova normalizes SGD steps; use --optimizer sgd (got {config.optimizer!r})")
-        self.params = FedNovaParams(momentum=config.momentum)
+        if not 0 <= config.momentum < 1:
+            raise FedsimError(f"fednova needs --momentum in [0, 1) (got {config.momentum})")
 
     def aggregate(self, server, results):
         sizes = [r.num_samples for r in results]
         p = [n / sum(sizes) for n in sizes]
-        a = [self.params.steps_weight(sum(r.steps)) for r in results]
+        a = [steps_weight(sum(r.steps), self.config.momentum) for r in results]
         tau_eff = sum(pi * ai for pi, ai in zip(p, a, strict=True))
         w = server.model
         d = weighted_mean([{k: (w[k] - r.states[-1][k]) / ai for k in self.shared_params}

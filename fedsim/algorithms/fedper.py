@@ -13,15 +13,9 @@ statistics in the base still update in train mode and are averaged as the base i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from fedsim.algorithms.base import FedAvg, ModelKeys, Phase
+from fedsim.algorithms.fedavg import FedAvg
+from fedsim.core.hooks import ModelKeys, Phase
 from fedsim.errors import FedsimError
-
-
-@dataclass(frozen=True)
-class PersonalParams:
-    freeze_base: bool = False  # --freeze-base: train only the head locally; False trains the whole model
 
 
 def head_params(keys: ModelKeys, algo: str) -> frozenset[str]:
@@ -44,10 +38,9 @@ class FedPer(FedAvg):
         self.head_params = head_params(keys, self.name)
         self.base_params = frozenset(k for k in keys.params if k not in self.head_params)
         super().__init__(config, keys, num_clients)
-        self.personalization = PersonalParams(freeze_base=config.freeze_base)
 
     def personal_keys(self):
         return super().personal_keys() | set(self.keys.head)
 
     def phases(self):
-        return [Phase(trainable=local_trainable(self.keys, self.personalization.freeze_base, self.name))]
+        return [Phase(trainable=local_trainable(self.keys, self.config.freeze_base, self.name))]

@@ -6,27 +6,32 @@ parameters, applied at every local step (the authors' PGD solver). mu = 0 is exa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedsim.algorithms.base import FedAvg, Phase, proximal_penalty
-from fedsim.errors import FedsimError
+from fedsim.algorithms.fedavg import FedAvg
+from fedsim.core.hooks import Phase
+from fedsim.core.params import Params, option
 
 
 @dataclass(frozen=True)
-class FedProxParams:
-    mu: float = 0.01  # proximal weight, >= 0; 0 reduces to FedAvg. The paper tunes it in {0.001, ..., 1}.
+class FedProxParams(Params):
+    mu: float = option(0.01, "proximal weight (0 = FedAvg; the paper tunes it in {0.001, 0.01, 0.1, 1})", low=0)
 
-    def __post_init__(self):
-        if self.mu < 0:
-            raise FedsimError(f"--mu must be >= 0 (got {self.mu})")
+
+def proximal_penalty(weight: float, keys) -> Callable:
+    """(weight/2)·||w − w_global||² over `keys`, reading the global weights from ctx["global"]."""
+    keys = tuple(keys)
+
+    def penalty(params, ctx: dict):
+        return 0.5 * weight * sum(((params[k] - ctx["global"][k]) ** 2).sum() for k in keys if k in params)
+
+    return penalty
 
 
 class FedProx(FedAvg):
     name = "fedprox"
-
-    def __init__(self, config, keys, num_clients=1):
-        super().__init__(config, keys, num_clients)
-        self.params = FedProxParams(mu=config.mu)
+    Params = FedProxParams
 
     def phases(self):
         return [Phase(penalty=proximal_penalty(self.params.mu, self.shared_params))]

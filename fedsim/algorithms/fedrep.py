@@ -12,27 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsim.algorithms.base import Phase
 from fedsim.algorithms.fedper import FedPer
-from fedsim.errors import FedsimError
+from fedsim.core.hooks import Phase
+from fedsim.core.params import Params, option
 
 
 @dataclass(frozen=True)
-class FedRepParams:
-    head_epochs: int = 1  # --head-epochs, >= 1: head-only epochs before the base epochs (PFLlib: 1)
-
-    def __post_init__(self):
-        if self.head_epochs < 1:
-            raise FedsimError(f"--head-epochs must be >= 1 (got {self.head_epochs})")
+class FedRepParams(Params):
+    head_epochs: int = option(1, "head-only epochs before the base epochs (PFLlib: 1)", low=1)
 
 
 class FedRep(FedPer):
     name = "fedrep"
-
-    def __init__(self, config, keys, num_clients: int = 1):
-        super().__init__(config, keys, num_clients)
-        self.params = FedRepParams(head_epochs=config.head_epochs)
+    Params = FedRepParams
 
     def phases(self):
         head = Phase(trainable=self.head_params, epochs=self.params.head_epochs)
-        return [head] if self.personalization.freeze_base else [head, Phase(trainable=self.base_params)]
+        return [head] if self.config.freeze_base else [head, Phase(trainable=self.base_params)]

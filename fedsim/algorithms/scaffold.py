@@ -21,21 +21,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
-
-from fedsim.algorithms.base import ClientJob, FedAvg, Phase
-from fedsim.engine.state import clone, num_bytes, weighted_mean
-from fedsim.errors import FedsimError
+from fedsim.algorithms.fedavg import FedAvg
+from fedsim.core.hooks import ClientJob, Phase
+from fedsim.core.params import Params, option
+from fedsim.core.state import clone, num_bytes, weighted_mean
 
 
 @dataclass(frozen=True)
-class ScaffoldParams:
-    server_lr: float = 1.0  # η_g (--server-lr), > 0; the paper uses 1. SCAFFOLD has no FedAvg value: with
-    #                         η_g = 1 it equals FedAvg only while c = c_i = 0 (the first round)
-
-    def __post_init__(self):
-        if not self.server_lr > 0:
-            raise FedsimError(f"--server-lr must be > 0 (got {self.server_lr})")
+class ScaffoldParams(Params):
+    # SCAFFOLD has no FedAvg value: with η_g = 1 it equals FedAvg only while c = c_i = 0 (the first round)
+    server_lr: float = option(1.0, "global step size η_g (the paper uses 1)", low=0, low_open=True)
 
 
 def _corrected(grads: dict, ctx: dict) -> dict:
@@ -46,13 +41,10 @@ def _corrected(grads: dict, ctx: dict) -> dict:
 
 class Scaffold(FedAvg):
     name = "scaffold"
-
-    def __init__(self, config, keys, num_clients: int = 1):
-        super().__init__(config, keys, num_clients)
-        self.params = ScaffoldParams(server_lr=1.0 if config.server_lr is None else config.server_lr)
+    Params = ScaffoldParams
 
     def _zeros(self, state):
-        return {k: torch.zeros_like(state[k]) for k in self.shared_params}
+        return {k: state[k].new_zeros(state[k].shape) for k in self.shared_params}
 
     def init_server(self, initial):
         server = super().init_server(initial)
@@ -75,8 +67,8 @@ class Scaffold(FedAvg):
         c, c_i, w = server.extra["c"], store.get(result.client)["c"], result.states[-1]
         scale = 1.0 / (sum(result.steps) * result.lr)
         new = {k: c_i[k] - c[k] + (server.model[k] - w[k]) * scale for k in c}
-        result.extra["dc"] = {k: new[k] - c_i[k] for k in c}
         store.put(result.client, {"model": {k: w[k] for k in self.personal}, "c": new})
+        return replace(result, extra={**result.extra, "dc": {k: new[k] - c_i[k] for k in c}})
 
     def aggregate(self, server, results):
         eta = self.params.server_lr

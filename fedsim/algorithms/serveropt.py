@@ -27,47 +27,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import torch
-
-from fedsim.algorithms.base import FedAvg
-from fedsim.engine.state import weighted_mean
-from fedsim.errors import FedsimError
+from fedsim.algorithms.fedavg import FedAvg
+from fedsim.core.params import Params, option
+from fedsim.core.state import weighted_mean
 
 
 @dataclass(frozen=True)
-class ServerOptParams:
-    lr: float = 1.0  # η (--server-lr), > 0; FedAvgM with η = 1 and β = 0 is FedAvg
-    momentum: float = 0.9  # FedAvgM's β (--server-momentum), in [0, 1); 0 is FedAvg
-    beta1: float = 0.9  # first-moment decay (--server-beta1), in [0, 1); 0 uses Δ itself
-    beta2: float = 0.99  # second-moment decay of FedAdam/FedYogi (--server-beta2), in [0, 1)
-    tau: float = 1e-3  # adaptivity (--server-tau), > 0; large τ makes the step ≈ η·m/τ (SGD-like)
+class FedAvgMParams(Params):
+    server_lr: float = option(1.0, "server step size η (η = 1 with momentum 0 is FedAvg)", low=0, low_open=True)
+    server_momentum: float = option(0.9, "server momentum β (0 is FedAvg)", low=0, high=1, high_open=True)
 
-    def __post_init__(self):
-        for name, value, ok in (("--server-lr", self.lr, self.lr > 0), ("--server-tau", self.tau, self.tau > 0),
-                                ("--server-momentum", self.momentum, 0 <= self.momentum < 1),
-                                ("--server-beta1", self.beta1, 0 <= self.beta1 < 1),
-                                ("--server-beta2", self.beta2, 0 <= self.beta2 < 1)):
-            if not ok:
-                raise FedsimError(f"{name} out of range (got {value}): lr and tau > 0, betas and momentum in [0, 1)")
 
-    @classmethod
-    def from_config(cls, config, default_lr: float) -> ServerOptParams:
-        lr = default_lr if config.server_lr is None else config.server_lr
-        return cls(lr, config.server_momentum, config.server_beta1, config.server_beta2, config.server_tau)
+@dataclass(frozen=True)
+class AdaptiveParams(Params):
+    # |m|/√v is about 1 once |Δ| ≫ τ, so a step moves each coordinate by up to about η: keep η well below 1
+    server_lr: float = option(0.01, "server step size η (the paper tunes it on a log grid)", low=0, low_open=True)
+    server_beta1: float = option(0.9, "first-moment decay β1 (0 uses Δ itself)", low=0, high=1, high_open=True)
+    server_tau: float = option(1e-3, "adaptivity τ (large τ makes the step SGD-like, ≈ η·m/τ)", low=0,
+                               low_open=True)
+
+
+@dataclass(frozen=True)
+class AdamParams(AdaptiveParams):
+    server_beta2: float = option(0.99, "second-moment decay β2", low=0, high=1, high_open=True)
 
 
 class ServerOpt(FedAvg):
     """What the four share: Δ, the averaged buffers, moments in ServerState.extra. Subclasses: `step`."""
 
     moments: tuple[str, ...] = ()
-    default_server_lr = 1.0  # --server-lr when not given
 
-    def __init__(self, config, keys, num_clients: int = 1):
-        super().__init__(config, keys, num_clients)
-        self.params = ServerOptParams.from_config(config, self.default_server_lr)
-
-    def initial_moment(self, name: str, param: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(param)
+    def initial_moment(self, name: str, param):
+        return param.new_zeros(param.shape)
 
     def init_server(self, initial):
         server = super().init_server(initial)
@@ -75,7 +66,7 @@ class ServerOpt(FedAvg):
             server.extra[name] = {k: self.initial_moment(name, initial[k]) for k in self.shared_params}
         return server
 
-    def step(self, delta: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    def step(self, delta, state: dict) -> tuple:
         """One parameter's server step: (the change to w, the new moments)."""
         raise NotImplementedError
 
@@ -92,28 +83,29 @@ class ServerOpt(FedAvg):
 
 class FedAvgM(ServerOpt):
     name = "fedavgm"
+    Params = FedAvgMParams
     moments = ("momentum",)
 
     def step(self, delta, state):
-        v = self.params.momentum * state["momentum"] + delta
-        return self.params.lr * v, {"momentum": v}
+        v = self.params.server_momentum * state["momentum"] + delta
+        return self.params.server_lr * v, {"momentum": v}
 
 
 class _Adaptive(ServerOpt):
+    Params = AdaptiveParams
     moments = ("m", "v")
-    default_server_lr = 0.01
 
     def initial_moment(self, name, param):
-        return torch.full_like(param, self.params.tau**2) if name == "v" else torch.zeros_like(param)
+        return param.new_full(param.shape, self.params.server_tau**2) if name == "v" else param.new_zeros(param.shape)
 
-    def second_moment(self, v: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+    def second_moment(self, v, sq):
         raise NotImplementedError
 
     def step(self, delta, state):
         p = self.params
-        m = p.beta1 * state["m"] + (1 - p.beta1) * delta
+        m = p.server_beta1 * state["m"] + (1 - p.server_beta1) * delta
         v = self.second_moment(state["v"], delta * delta)
-        return p.lr * m / (v.sqrt() + p.tau), {"m": m, "v": v}
+        return p.server_lr * m / (v.sqrt() + p.server_tau), {"m": m, "v": v}
 
 
 class FedAdagrad(_Adaptive):
@@ -125,13 +117,15 @@ class FedAdagrad(_Adaptive):
 
 class FedYogi(_Adaptive):
     name = "fedyogi"
+    Params = AdamParams
 
     def second_moment(self, v, sq):
-        return v - (1 - self.params.beta2) * sq * torch.sign(v - sq)
+        return v - (1 - self.params.server_beta2) * sq * (v - sq).sign()
 
 
 class FedAdam(_Adaptive):
     name = "fedadam"
+    Params = AdamParams
 
     def second_moment(self, v, sq):
-        return self.params.beta2 * v + (1 - self.params.beta2) * sq
+        return self.params.server_beta2 * v + (1 - self.params.server_beta2) * sq

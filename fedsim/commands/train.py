@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from fedsim.algorithms import algorithm_options, algorithms_help
 from fedsim.commands import stderr_console, user_errors
 from fedsim.commands.options import (
     PARTITION,
@@ -26,12 +28,6 @@ from fedsim.commands.options import (
     QuantitySkewOpt,
     SeedOpt,
     ShardsOpt,
-)
-
-ALGOS_HELP = (
-    "fedavg | fedprox (--mu) | scaffold (--server-lr) | fednova | fedavgm (--server-lr, --server-momentum) | "
-    "fedadam, fedyogi, fedadagrad (--server-lr, --server-beta1/2, --server-tau) | fedbn | personalized, on "
-    "a base/head split (--head, --freeze-base): fedper | fedrep (--head-epochs) | ditto (--lam) | fedas."
 )
 
 
@@ -77,9 +73,7 @@ def train(
                                        rich_help_panel=_ALGO)] = "mlp",
     pretrained: Annotated[bool, typer.Option("--pretrained", help="torchvision weights (must be cached).",
                                              rich_help_panel=_ALGO)] = False,
-    algo: Annotated[str, typer.Option(help=ALGOS_HELP, rich_help_panel=_ALGO)] = "fedavg",
-    mu: Annotated[float, typer.Option(help="FedProx: proximal weight (0 = FedAvg).",
-                                      rich_help_panel=_ALGO)] = 0.01,
+    algo: Annotated[str, typer.Option(help=algorithms_help(), rich_help_panel=_ALGO)] = "fedavg",
     bn: Annotated[BN, typer.Option(help="BatchNorm state: global (averaged) or local (kept per client).",
                                    rich_help_panel=_ALGO)] = BN.global_,
     head: Annotated[str | None, typer.Option(help="Personalized FL: head module name(s), comma-separated "
@@ -87,21 +81,6 @@ def train(
                                              rich_help_panel=_ALGO)] = None,
     show_split: Annotated[bool, typer.Option("--show-split", help="Print the model's base/head split and exit.",
                                              rich_help_panel=_ALGO)] = False,
-    server_lr: Annotated[float | None, typer.Option(help="SCAFFOLD, FedAvgM (default 1), FedAdam, FedYogi, "
-                                                    "FedAdagrad (default 0.01): server step size.",
-                                                    rich_help_panel=_ALGO)] = None,
-    server_momentum: Annotated[float, typer.Option(help="FedAvgM: server momentum.",
-                                                   rich_help_panel=_ALGO)] = 0.9,
-    server_beta1: Annotated[float, typer.Option(help="FedAdam/FedYogi/FedAdagrad: first-moment decay.",
-                                                rich_help_panel=_ALGO)] = 0.9,
-    server_beta2: Annotated[float, typer.Option(help="FedAdam/FedYogi: second-moment decay.",
-                                                rich_help_panel=_ALGO)] = 0.99,
-    server_tau: Annotated[float, typer.Option(help="FedAdam/FedYogi/FedAdagrad: adaptivity (epsilon).",
-                                              rich_help_panel=_ALGO)] = 1e-3,
-    head_epochs: Annotated[int, typer.Option(help="FedRep: head-only epochs before the base epochs.",
-                                             rich_help_panel=_ALGO)] = 1,
-    lam: Annotated[float, typer.Option(help="Ditto: pull of each personal model towards the global one.",
-                                       rich_help_panel=_ALGO)] = 0.1,
     freeze_base: Annotated[bool, typer.Option("--freeze-base", help="Personalized FL: train only the head "
                                               "locally (frozen backbone).", rich_help_panel=_ALGO)] = False,
     rounds: Annotated[int, typer.Option(help="Communication rounds.", rich_help_panel=_ROUNDS)] = 20,
@@ -132,8 +111,9 @@ def train(
                                                      rich_help_panel=_RUN)] = None,
     compile: Annotated[bool, typer.Option("--compile", help="vmap: torch.compile the local step.",
                                           rich_help_panel=_RUN)] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: every core for the vmap "
-                                                "executor, 1 for sequential).",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: vmap times a round on 1 "
+                                                "thread and on every core and keeps the faster, re-checked now and "
+                                                "then; sequential uses 1).",
                                                 rich_help_panel=_RUN)] = None,
     seed: SeedOpt = 0,
     eval_every: Annotated[int, typer.Option(help="Evaluate (and write a CSV row) every N rounds.",
@@ -156,11 +136,12 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run of that name.",
                                             rich_help_panel=_RUN)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.", rich_help_panel=_RUN)] = False,
+    **algorithm_option_values,  # every algorithm's own options (--mu, --lam, ...): see _with_algorithm_options
 ) -> None:
     """Train with a federated algorithm; one CSV row per evaluated round in --out-dir."""
     from fedsim.config import Config, config_from_toml
     from fedsim.engine.checkpoint import load_checkpoint
-    from fedsim.engine.run import run
+    from fedsim.experiment import run
 
     with user_errors():
         values = config_from_toml(config) if config is not None else {}
@@ -173,6 +154,7 @@ def train(
         else:
             checkpoint = load_checkpoint(resume, values.get("out_dir", Config.out_dir))
             cfg = checkpoint.resumed_config(values)
+        cfg.validate()
         if show_split:
             _show_split(cfg)
         elif checkpoint is None:
@@ -182,6 +164,26 @@ def train(
                                    f"{cfg.rounds}): nothing to resume; pass a larger --rounds to extend it")
         else:
             _train(cfg, lambda on_round: run(resume=checkpoint, on_round=on_round, **values), checkpoint.round)
+
+
+def _with_algorithm_options(command):
+    """Give `command` one option per algorithm option, from the algorithms' own declarations (their one source:
+    name, type, default, help). Typer reads the signature; the body reads the values from ctx.params."""
+    signature = inspect.signature(command, eval_str=True)
+    general = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    added = []
+    for option in algorithm_options().values():
+        kind = option.type if option.default is not None else option.type | None
+        annotation = Annotated[kind, typer.Option("--" + option.name.replace("_", "-"), help=option.help,
+                                                  show_default=False, rich_help_panel=_ALGO)]
+        added.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
+                                       annotation=annotation))
+    command.__signature__ = signature.replace(parameters=general + added)
+    command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in added}}
+    return command
+
+
+train = _with_algorithm_options(train)
 
 
 def _from_command_line(ctx: typer.Context, name: str) -> bool:

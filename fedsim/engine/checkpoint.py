@@ -1,6 +1,6 @@
 """`<name>.ckpt`: the state after a completed round, from which `fedsim train --resume` continues a run.
 
-Every random choice is keyed by (seed, round, client) (`fedsim.engine.rng`), so this state is all a run
+Every random choice is keyed by (seed, round, client) (`fedsim.core.rng`), so this state is all a run
 carries from one round to the next, and a resumed run gives exactly the rows an uninterrupted one gives.
 The file is one `torch.save`d dict of plain values and tensors, read back with `weights_only=True`:
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from fedsim.algorithms.base import ServerState
 from fedsim.config import FIELDS, Config
-from fedsim.engine.state import State
+from fedsim.core.hooks import ServerState
+from fedsim.core.state import State
 from fedsim.errors import FedsimError
 from fedsim.files import torch_save, write_atomically
 
@@ -96,11 +96,11 @@ def checkpoint_path(run: str | Path, out_dir: str | Path = "results") -> Path:
 
 
 def save_checkpoint(path: Path, config: Config, partition_sha256: str | None, progress: Progress) -> None:
-    import fedsim
+    from fedsim.version import __version__
 
     payload = {
         "format": FORMAT,
-        "fedsim_version": fedsim.__version__,
+        "fedsim_version": __version__,
         "round": progress.round,
         "config": config.to_dict(),
         "partition_sha256": partition_sha256,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fedsim.algorithms.base import ClientJob, ClientResult, Phase
-from fedsim.engine import rng
+from fedsim.core import rng
+from fedsim.core.hooks import ClientJob, ClientResult, Phase
 from fedsim.engine.optim import OptimizerSpec, clip_by_global_norm
 
 

@@ -51,12 +51,13 @@ from torch.func import functional_call, vmap
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from fedsim.algorithms.base import ClientJob, ClientResult, Phase
-from fedsim.engine import rng
+from fedsim.core import rng
+from fedsim.core.hooks import ClientJob, ClientResult, Phase
 from fedsim.engine.folded import FoldedLinears, foldable, folding_matches_vmap
 from fedsim.engine.local import ClientData, LocalSpec, batch_schedule, client_objective
 from fedsim.engine.optim import clip_by_global_norm
 from fedsim.engine.outer import LinearTaps, OuterProduct, tappable_linears, weight_key
+from fedsim.errors import FedsimError
 
 
 def vmap_unsupported_reason(model: nn.Module, algorithm=None) -> str | None:
@@ -156,7 +157,7 @@ class VmapExecutor:
     def __init__(self, model: nn.Module, data: ClientData, spec: LocalSpec, chunk: int | None = None,
                  compile: bool = False):
         if chunk is not None and chunk < 1:
-            raise ValueError(f"--cohort-chunk must be >= 1 (got {chunk})")
+            raise FedsimError(f"--cohort-chunk must be >= 1 (got {chunk})")
         self.model, self.data, self.spec, self.chunk, self.compile = model, data, spec, chunk, compile
         self.param_names = [k for k, _ in model.named_parameters()]
         self.buffer_names = {k for k, _ in model.named_buffers()}

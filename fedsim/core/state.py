@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-State = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+State = dict[str, "torch.Tensor"]
 
 
 def model_state(model: torch.nn.Module) -> State:
@@ -21,6 +24,8 @@ def clone(state: State, keys=None) -> State:
 
 def weighted_mean(states: list[State], weights, keys) -> State:
     """Sample-weighted mean; integer buffers (e.g. BN's num_batches_tracked) stay integer."""
+    import torch
+
     w = torch.as_tensor(weights, dtype=torch.float64)
     w = (w / w.sum()).tolist()
     out = {}
@@ -38,4 +43,4 @@ def num_bytes(state: State, keys) -> int:
 
 
 def is_finite(state: State, keys) -> bool:
-    return all(bool(torch.isfinite(state[k]).all()) for k in keys if state[k].is_floating_point())
+    return all(bool(state[k].isfinite().all()) for k in keys if state[k].is_floating_point())

@@ -1,10 +1,14 @@
-"""One experiment: set up data, partition, model and algorithm, then the round loop (DESIGN.md)."""
+"""One experiment: set up data, partition, model and algorithm, then the round loop, evaluation and the run's
+files. It sits above the engine (executors, the round) and the algorithms, which never import each other; see
+docs/architecture.md for the layers.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import math
-import os
 import signal
 import threading
 import time
@@ -15,43 +19,20 @@ import numpy as np
 import torch
 
 from fedsim.algorithms import algorithm_class
-from fedsim.algorithms.base import ClientStore, ModelKeys
 from fedsim.config import Config
-from fedsim.engine import rng
+from fedsim.core import rng
+from fedsim.core.hooks import ClientStore, ModelKeys
+from fedsim.core.state import model_state
 from fedsim.engine.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from fedsim.engine.evaluate import personal_summary, predict
-from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
+from fedsim.engine.executors import make_executor
+from fedsim.engine.local import ClientData, LocalSpec
 from fedsim.engine.optim import OptimizerSpec
-from fedsim.engine.state import is_finite, model_state
+from fedsim.engine.round import run_round
+from fedsim.engine.threads import ThreadChooser
 from fedsim.errors import DivergenceError, FedsimError
 from fedsim.metrics import RunWriter, read_rows
-
-
-def validate(config: Config) -> None:
-    """Cheap checks of the options, each a one-line error naming the option."""
-    checks = [
-        (config.rounds >= 1, f"--rounds must be >= 1 (got {config.rounds})"),
-        (0 < config.fraction <= 1, f"--fraction must be in (0, 1] (got {config.fraction})"),
-        (config.min_clients >= 1, f"--min-clients must be >= 1 (got {config.min_clients})"),
-        (config.local_epochs >= 1, f"--local-epochs must be >= 1 (got {config.local_epochs})"),
-        (config.local_steps is None or config.local_steps >= 1,
-         f"--local-steps must be >= 1 (got {config.local_steps})"),
-        (config.batch_size >= 1, f"--batch-size must be >= 1 (got {config.batch_size})"),
-        (config.lr > 0, f"--lr must be > 0 (got {config.lr})"),
-        (config.momentum >= 0, f"--momentum must be >= 0 (got {config.momentum})"),
-        (config.weight_decay >= 0, f"--weight-decay must be >= 0 (got {config.weight_decay})"),
-        (0 < config.lr_decay <= 1, f"--lr-decay must be in (0, 1] (got {config.lr_decay})"),
-        (config.clip is None or config.clip > 0, f"--clip must be > 0 (got {config.clip})"),
-        (config.eval_every >= 1, f"--eval-every must be >= 1 (got {config.eval_every})"),
-        (config.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (got {config.checkpoint_every})"),
-        (config.clients is None or config.clients >= 1, f"--clients must be >= 1 (got {config.clients})"),
-        (config.bn in ("global", "local"), f"--bn must be global or local (got {config.bn!r})"),
-        (config.threads is None or config.threads >= 1, f"--threads must be >= 1 (got {config.threads})"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise FedsimError(message)
-    config.scheme  # noqa: B018  (raises on two schemes at once)
+from fedsim.version import __version__
 
 
 @dataclass
@@ -66,23 +47,26 @@ class Experiment:
     keys: ModelKeys
     algorithm: object
     executor: object
+    threads: ThreadChooser
 
     def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
 
 
-def setup(config: Config) -> Experiment:
+def setup(config: Config, model=None, dataset=None) -> Experiment:
+    """Build the experiment. `model`: an nn.Module (its weights are the initial model) or a factory
+    `f(input_shape, num_classes)`, instead of `config.model`; `dataset`: a fedsim Dataset instead of
+    `config.dataset` (see `run`)."""
     from fedsim.data.datasets import load_dataset
-    from fedsim.data.partition import partition_for_config
+    from fedsim.data.partition_build import partition_for_config
     from fedsim.device import resolve_device
     from fedsim.models import bn_state_keys, build_model, find_head, split_state_keys
 
-    validate(config)
+    config.validate()
     device = resolve_device(config.device)
-    options = {}
-    if config.clients is not None:
-        options["devices"] = config.clients
-    dataset = load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
+    if dataset is None:
+        options = {} if config.clients is None else {"devices": config.clients}
+        dataset = load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
     partition = partition_for_config(config, dataset)
     dataset.to(device)
     eligible = int((partition.train_sizes > 0).sum())
@@ -94,7 +78,10 @@ def setup(config: Config) -> Experiment:
         raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
                           f"not {config.algo}")
     torch.manual_seed(config.seed)
-    model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained)
+    if model is None:
+        model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained)
+    else:
+        model = _user_model(model, dataset)
     model.to(device)
     head = None
     if algo_cls.needs_head or config.head or config.freeze_base:
@@ -111,60 +98,20 @@ def setup(config: Config) -> Experiment:
     spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
                      config.seed)
     algorithm.attach(model, data)
-    executor = make_executor(config, model, data, spec, algorithm)
-    if device.type == "cpu":
-        torch.set_num_threads(cpu_threads(config, executor))
-    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor)
+    executor = make_executor(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile)
+    if device.type != "cpu":
+        threads = ThreadChooser(fixed=torch.get_num_threads())
+    else:  # one client's step is too small to split over threads (sequential); a stacked cohort's is not
+        threads = ThreadChooser(fixed=config.threads or (1 if executor.name == "sequential" else None))
+    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, threads)
 
 
-EXECUTORS = ("auto", "sequential", "vmap")
+def _user_model(model, dataset) -> torch.nn.Module:
+    """A copy of the user's module (the caller's stays untouched), or what the user's factory builds."""
+    from fedsim.models import resolve_model
 
-
-def cpu_threads(config: Config, executor) -> int:
-    """`--threads`, by default every core for the vmap executor and 1 for sequential. One client's step is too
-    small to split (spinning threads that competed for the cores made a 2NN step 20x slower on a busy 2-core
-    machine); a stacked cohort's is not (W-small: 0.15 s a round on 2 threads against 0.30 s on 1)."""
-    if config.threads:
-        return config.threads
-    if executor.name != "vmap":
-        return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def make_executor(config: Config, model, data, spec, algorithm):
-    """`--executor`: vmap where the model and algorithm allow it (auto), else sequential with the reason."""
-    if config.executor not in EXECUTORS:
-        raise FedsimError(f"unknown executor {config.executor!r}: choose one of {', '.join(EXECUTORS)}")
-    if config.executor == "sequential":
-        return SequentialExecutor(model, data, spec)
-    from fedsim.engine.vmap import VmapExecutor, vmap_unsupported_reason
-
-    reason = vmap_unsupported_reason(model, algorithm)
-    if reason is not None and config.executor == "vmap":
-        raise FedsimError(f"--executor vmap cannot run this experiment: {reason}; use --executor sequential")
-    if reason is None and config.executor == "auto" and data.x.device.type == "cpu":
-        reason = _slower_under_vmap_on_cpu(model)
-    if reason is None:
-        return VmapExecutor(model, data, spec, chunk=config.cohort_chunk, compile=config.compile)
-    executor = SequentialExecutor(model, data, spec)
-    executor.reason = f"auto chose sequential: {reason}"
-    return executor
-
-
-def _slower_under_vmap_on_cpu(model) -> str | None:
-    """Why vmap would be slower than sequential here on the CPU, if it would. Under vmap a convolution becomes
-    one grouped convolution over the stacked clients, slower per client on the CPU kernels, while vmap wins most
-    on Linear layers, whose weight gradients it never forms (outer.py). Measured (one thread, 10 clients, batch
-    10): the McMahan CNN, whose Linear layers hold 97% of the weights, 0.84x the one-model loop under vmap and
-    0.99x sequential; resnet18, all convolutions, 2.2x slower a round under vmap."""
-    def weights(kind):
-        return sum(m.weight.numel() for m in model.modules() if isinstance(m, kind) and m.weight is not None)
-
-    conv, linear = weights(torch.nn.modules.conv._ConvNd), weights(torch.nn.Linear)
-    if conv <= linear:
-        return None
-    return f"convolutions hold most of the model's weights ({conv:,} against {linear:,} in Linear layers), and " \
-           "vmap makes convolutions slower on the CPU; --executor vmap forces it"
+    return resolve_model(copy.deepcopy(model) if isinstance(model, torch.nn.Module) else model,
+                         dataset.input_shape, dataset.num_classes)
 
 
 def evaluate(exp: Experiment, server, store) -> dict:
@@ -191,28 +138,46 @@ def evaluate(exp: Experiment, server, store) -> dict:
     }
 
 
-def run_record(exp: Experiment) -> dict:
-    import fedsim
+def weights_sha256(state: dict) -> str:
+    """A hash of a model's state (names, shapes, dtypes and values), to tell initial models apart."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
+
+def run_record(exp: Experiment) -> dict:
     meta = exp.partition.meta
     return {
-        "fedsim_version": fedsim.__version__,
+        "fedsim_version": __version__,
         "torch_version": torch.__version__,
         "device": str(exp.device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": exp.config.to_dict(),
+        "dataset": {"name": exp.dataset.name, "sha256": exp.dataset.fingerprint(),
+                    "train": len(exp.dataset.y_train), "test": len(exp.dataset.y_test),
+                    "classes": exp.dataset.num_classes},
         "partition": {"hash": meta.get("sha256"), "scheme": meta.get("scheme"), "params": meta.get("params"),
                       "seed": meta.get("seed"), "num_clients": exp.partition.num_clients,
                       "file": exp.config.partition},
-        "model": {"name": exp.config.model, "parameters": sum(p.numel() for p in exp.model.parameters())},
+        "model": {"name": exp.config.model, "class": type(exp.model).__qualname__,
+                  "parameters": sum(p.numel() for p in exp.model.parameters()),
+                  "initial_sha256": weights_sha256(model_state(exp.model))},
         "executor": {"name": exp.executor.name, "reason": getattr(exp.executor, "reason", ""),
-                     "threads": torch.get_num_threads() if exp.device.type == "cpu" else None},
+                     "threads": "chosen by timing" if exp.threads.adaptive else exp.threads.current},
         "status": "running",
     }
 
 
-def run(config: Config | None = None, *, resume=None, on_round=None, **overrides):
+def run(config: Config | None = None, *, model=None, dataset=None, resume=None, on_round=None, **overrides):
     """Run one experiment; returns the per-round metrics as a pandas DataFrame.
+
+    `model`: your own `nn.Module` (its weights are the run's initial model; fedsim trains a copy) or a factory
+    `f(input_shape, num_classes) -> nn.Module`, in place of `config.model`. `dataset`: a `fedsim.Dataset`
+    (`Dataset.from_tensors(...)`, `Dataset.from_torch(...)`) in place of `config.dataset`. The run record stores
+    what identifies both (class, parameter count, a hash of the initial weights and of the data).
 
     `resume` continues a run from its checkpoint instead (after a stop, or to extend a finished run with a
     larger `rounds`): the run's .csv, .json or .ckpt path, its name in `out_dir`, or a `load_checkpoint`
@@ -236,9 +201,12 @@ def run(config: Config | None = None, *, resume=None, on_round=None, **overrides
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = load_checkpoint(resume, overrides.get("out_dir", Config.out_dir))
         config = checkpoint.resumed_config(overrides)
+        config.validate()
         if checkpoint.round >= config.rounds:
             return pd.DataFrame(read_rows(checkpoint.path.with_suffix(".csv"), checkpoint.round)[1])
-    exp = setup(config)
+    if dataset is not None:
+        config = dataclasses.replace(config, dataset=dataset.name)
+    exp = setup(config, model=model, dataset=dataset)
     partition_sha256 = exp.partition.meta.get("sha256")
     if checkpoint is None:
         start = Progress(0, exp.algorithm.init_server(model_state(exp.model)), {})
@@ -258,7 +226,7 @@ def run(config: Config | None = None, *, resume=None, on_round=None, **overrides
 
     every = config.checkpoint_every
     status, detail = "stopped", None
-    compiled_before = compile_seconds()
+    compiled_before = compile_seconds() if config.compile else 0.0
     try:
         with _stop_on_sigterm():
             for done, row in _round_loop(exp, writer, start):
@@ -270,13 +238,18 @@ def run(config: Config | None = None, *, resume=None, on_round=None, **overrides
     except DivergenceError as e:  # the state is NaN: the last good checkpoint stays
         status, detail = "diverged", str(e)
         raise
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: checkpoint the last completed round, so the run can go on
+    except (KeyboardInterrupt, FedsimError) as e:  # Ctrl-C, SIGTERM, a full disk: keep the last completed round
         if every and done.round > saved:
-            saved = save(done)
-        detail = f"stopped after round {done.round}" + (f"; checkpoint at round {saved}" if saved else "")
+            try:
+                saved = save(done)
+            except FedsimError:  # the disk that stopped the rows may refuse the checkpoint too
+                pass
+        detail = (f"stopped after round {done.round}" + (f"; checkpoint at round {saved}" if saved else "")
+                  + (f": {e}" if isinstance(e, FedsimError) else ""))
         raise
     finally:
         summary = _summary(writer.rows)
+        summary["threads"] = [list(change) for change in exp.threads.history]  # (from round, thread count)
         if config.compile:  # cold compilation is inside the first rounds' round_seconds: its share, apart
             summary["compile_seconds"] = round(compile_seconds() - compiled_before, 3)
         writer.close(status, detail, summary)
@@ -316,23 +289,16 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress):
     for r in range(start.round + 1, config.rounds + 1):
         round_start = time.perf_counter()
         lr = config.lr * config.lr_decay ** (r - 1)
-        jobs = [algo.client_job(server, store, int(c)) for c in exp.cohort(r, eligible, cohort_size)]
-        results = exp.executor.train(algo.phases(), jobs, r, lr)
-        for res in results:
-            if not math.isfinite(res.loss) or not is_finite(res.states[-1], res.states[-1]):
-                _diverged(r, res.client, res.last_finite_loss, lr)
-        for res in results:
-            algo.client_finish(server, store, res)
-        server = algo.aggregate(server, results)
-        if not is_finite(server.model, server.model):
-            _diverged(r, None, float("nan"), lr)
-        sent_up += len(results) * algo.bytes_up(server)
-        sent_down += len(results) * algo.bytes_down(server)
+        with exp.threads.round(r):
+            result = run_round(algo, exp.executor, server, store, exp.cohort(r, eligible, cohort_size), r, lr)
+        server = result.server
+        sent_up += len(result.sent) * algo.bytes_up(server)
+        sent_down += len(result.sent) * algo.bytes_down(server)
         row = None
         if r % config.eval_every == 0 or r == config.rounds:
-            row = {"round": r, "clients": len(results),
-                   "train_loss": float(np.average([x.loss for x in results],
-                                                  weights=[x.num_samples for x in results])),
+            row = {"round": r, "clients": len(result.sent),
+                   "train_loss": float(np.average([x.loss for x in result.sent],
+                                                  weights=[x.num_samples for x in result.sent])),
                    **evaluate(exp, server, store),
                    "bytes_up": sent_up, "bytes_down": sent_down}
             sent_up = sent_down = 0
@@ -341,14 +307,6 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress):
             row["elapsed_seconds"] = now - started
             writer.append(row)
         yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started), row
-
-
-def _diverged(round: int, client: int | None, last_finite: float, lr: float):
-    where = f"client {client}" if client is not None else "the aggregated global model"
-    last = f"last finite loss {last_finite:.4g}" if math.isfinite(last_finite) else "no finite loss seen"
-    raise DivergenceError(
-        f"training diverged in round {round} ({where}: loss or weights became NaN/inf; {last}); "
-        f"lower --lr (now {lr:g}) or add --clip 1.0", round, client)
 
 
 def compile_seconds() -> float:

@@ -5,12 +5,17 @@ So results do not depend on the order clients are trained in, on the executor, o
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 COHORT, BATCHES, TORCH = 1, 2, 3
 
 
 def keyed_rng(purpose: int, seed: int, *keys: int) -> np.random.Generator:
+    import numpy as np
+
     return np.random.default_rng([purpose, seed, *keys])
 
 

@@ -1,0 +1,90 @@
+"""The types the engine and the algorithms exchange; neither side imports the other, both import these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fedsim.core.state import State
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of local training that the executor runs for every client of the cohort.
+
+    `penalty(params, ctx)` is added to the data loss; `correction(grads, ctx)` changes the gradient
+    before the optimizer step; both are pure functions of one client's tensors so that an executor
+    may vectorize them over the cohort. `loss(model, state, x, y, ctx)` replaces the data loss
+    (default: cross-entropy of `functional_call(model, state, x)`). `start` names a ctx entry to train
+    from instead of the previous phase's output (Ditto trains the client's personal model too).
+    """
+
+    trainable: frozenset[str] | None = None  # None: every parameter
+    epochs: int | None = None  # None: --local-epochs (or --local-steps)
+    penalty: Callable | None = None
+    correction: Callable | None = None
+    loss: Callable | None = None
+    start: str | None = None
+
+
+@dataclass
+class ServerState:
+    model: State
+    extra: dict = field(default_factory=dict)  # e.g. SCAFFOLD's c, a server optimizer's moments
+
+
+@dataclass
+class ClientJob:
+    client: int
+    start: State
+    ctx: dict
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """A client's round: what the executor returns, and (after the algorithm's `client_finish`, which may add
+    `extra`) what the client sends the server's `aggregate`."""
+
+    client: int
+    num_samples: int
+    states: list[State]  # the state after each phase
+    steps: list[int]  # local steps taken in each phase
+    loss: float  # mean data loss over the client's local steps
+    last_finite_loss: float = float("nan")  # the last finite batch loss (for divergence messages)
+    lr: float = 0.0  # the client learning rate used this round
+    extra: dict = field(default_factory=dict)  # what an algorithm sends beside the model (SCAFFOLD's dc_i)
+
+
+@dataclass
+class ModelKeys:
+    """The names of a model's state: trainable parameters, buffers, and the BN and head parts."""
+
+    params: list[str]
+    buffers: list[str]
+    bn: list[str]
+    head: list[str] | None = None  # None: no base/head split asked for
+
+    @property
+    def all(self) -> list[str]:
+        return self.params + self.buffers
+
+
+class ClientStore:
+    """Per-client state, kept only for clients that have some; the rest read the initial values."""
+
+    def __init__(self, initial: State, states: dict[int, State] | None = None):
+        self.initial = initial
+        self._states: dict[int, State] = dict(states or {})
+
+    def get(self, client: int) -> State:
+        return self._states.get(client, self.initial)
+
+    def put(self, client: int, state: State) -> None:
+        self._states[client] = state
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def states(self) -> dict[int, State]:
+        """The clients' states as they are now (a new dict; `put` replaces entries, never changes them)."""
+        return dict(self._states)
