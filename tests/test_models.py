@@ -25,6 +25,8 @@ from fedsim.models import (
 )
 
 DIGITS, MNIST, CIFAR, SYNTHETIC = (1, 8, 8), (1, 28, 28), (3, 32, 32), (60,)
+# the built-ins for images and vectors (char-lstm takes character sequences: tested on its own)
+DENSE_MODELS = tuple(m for m in BUILTIN_MODELS if m != "char-lstm")
 
 
 def n_params(model: nn.Module) -> int:
@@ -46,7 +48,8 @@ def run(model: nn.Module, shape: tuple[int, ...], batch: int = 2, train: bool = 
 
 
 def test_model_names_are_the_builtins():
-    assert model_names() == list(BUILTIN_MODELS) == ["mlp", "cnn", "cnn-bn", "fedavgcnn", "lenet5", "logreg"]
+    assert model_names() == list(BUILTIN_MODELS) == ["mlp", "cnn", "cnn-bn", "fedavgcnn", "lenet5", "logreg",
+                                                     "char-lstm"]
     assert "resnet18" in torchvision_model_names()
     assert "fasterrcnn_resnet50_fpn" not in torchvision_model_names()
 
@@ -70,7 +73,7 @@ def test_param_counts(name, shape, count):
     assert n_params(build_model(name, shape, 10)) == count
 
 
-@pytest.mark.parametrize("name", BUILTIN_MODELS)
+@pytest.mark.parametrize("name", DENSE_MODELS)
 @pytest.mark.parametrize("shape", [DIGITS, MNIST, CIFAR, SYNTHETIC, (3, 30, 17)])
 def test_builtins_forward_on_every_shape(name, shape):
     if len(shape) == 1 and name not in ("mlp", "logreg"):
@@ -82,6 +85,23 @@ def test_builtins_forward_on_every_shape(name, shape):
         assert run(model, shape, train=train).shape == (2, 7)
 
 
+def test_char_lstm_is_leafs_model_on_character_indices():
+    model = build_model("char-lstm", (80,), 81)
+    lstm = model.lstm
+    assert (model.embedding.num_embeddings, model.embedding.embedding_dim) == (81, 8)
+    assert (lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.batch_first) == (8, 256, 2, True)
+    assert (model.fc.in_features, model.fc.out_features) == (256, 81)
+    x = torch.randint(0, 81, (3, 80))
+    for train in (True, False):
+        model.train(train)
+        assert functional_call(model, state(model), (x,)).shape == (3, 81)
+    assert find_head(model) == ["fc"]
+    with pytest.raises(FedsimError, match="int64 character indices"):
+        model(torch.zeros(2, 80))
+    with pytest.raises(FedsimError, match=r"model char-lstm takes sequences .* shape \(1, 28, 28\)"):
+        build_model("char-lstm", MNIST, 10)
+
+
 def test_small_images_are_upsampled_inside_the_model():
     assert build_model("fedavgcnn", DIGITS, 10).resize_to == (16, 16)
     assert build_model("lenet5", (1, 8, 20), 10).resize_to == (16, 20)
@@ -91,7 +111,7 @@ def test_small_images_are_upsampled_inside_the_model():
 
 
 def test_builtin_classifier_is_fc_and_bn_names():
-    for name in BUILTIN_MODELS:
+    for name in DENSE_MODELS:
         model = build_model(name, MNIST, 10)
         assert isinstance(model.fc, nn.Linear) and model.fc.out_features == 10
     names = dict(build_model("cnn-bn", MNIST, 10).named_modules())
@@ -247,7 +267,7 @@ def test_default_head_of_torchvision_families(name, head):
     assert model.get_submodule(head).out_features == 7
 
 
-@pytest.mark.parametrize("name", BUILTIN_MODELS[:-1])
+@pytest.mark.parametrize("name", [m for m in DENSE_MODELS if m != "logreg"])
 def test_default_head_of_builtins(name):
     model = build_model(name, MNIST, 10)
     assert find_head(model) == ["fc"]

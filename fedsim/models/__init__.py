@@ -1,6 +1,7 @@
 """Models: the built-ins, any torchvision classifier by name, and the base/head split.
 
     build_model(name, input_shape, num_classes, pretrained=False) -> nn.Module
+    resolve_model(model_or_spec, input_shape, num_classes) -> nn.Module: a user's model, factory or "module:attr"
     model_names() -> built-in names;  torchvision_model_names() -> torchvision classifiers
     find_head(model, head=None) -> head module names (default: the last nn.Linear)
     split_state_keys(model, head_modules) -> (base keys, head keys)
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN_MODELS = ("mlp", "cnn", "cnn-bn", "fedavgcnn", "lenet5", "logreg")
+BUILTIN_MODELS = ("mlp", "cnn", "cnn-bn", "fedavgcnn", "lenet5", "logreg", "char-lstm")
 
 _LAZY = {
     "build_model": "fedsim.models.zoo",
@@ -33,6 +34,8 @@ _LAZY = {
     "CNN": "fedsim.models.builtin",
     "FedAvgCNN": "fedsim.models.builtin",
     "LeNet5": "fedsim.models.builtin",
+    "CharLSTM": "fedsim.models.builtin",
+    "resolve_model": "fedsim.models.user",
 }
 
 __all__ = ["BUILTIN_MODELS", "model_names", *_LAZY]

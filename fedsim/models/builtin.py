@@ -8,6 +8,8 @@ Small images: a conv model whose valid convolutions and poolings need more pixel
 (``fedavgcnn`` and ``lenet5`` need 16x16, ``cnn`` needs 4x4) upsamples its input inside ``forward``
 (bilinear) to the smallest size it accepts, e.g. sklearn digits 8x8 -> 16x16. Larger inputs are used as
 they are. Vector inputs (D,) go only to ``mlp`` and ``logreg``; a conv model on vectors is a FedsimError.
+``char-lstm`` takes (L,) sequences of int64 character indices (the Shakespeare dataset) and names its layers
+``embedding``, ``lstm``, ``fc``.
 """
 
 from __future__ import annotations
@@ -158,6 +160,25 @@ class LeNet5(nn.Module):
         return self.fc(x)
 
 
+class CharLSTM(nn.Module):
+    """LEAF's Shakespeare model (models/shakespeare/stacked_lstm.py): an 8-dimensional embedding of the characters,
+    two LSTM layers of 256, and a Linear from the last step's hidden state to the vocabulary (the next character).
+    Inputs are (N, L) int64 character indices; the vocabulary is the classes."""
+
+    def __init__(self, vocab_size: int, embedding: int = 8, hidden: int = 256, layers: int = 2):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding)
+        self.lstm = nn.LSTM(embedding, hidden, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(hidden, vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point():
+            raise FedsimError(f"model char-lstm takes int64 character indices (e.g. --dataset shakespeare), got "
+                              f"{x.dtype} inputs")
+        out, _ = self.lstm(self.embedding(x))
+        return self.fc(out[:, -1])
+
+
 def _needs_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
     if len(input_shape) != 3:
         raise FedsimError(
@@ -196,6 +217,13 @@ def _lenet5(input_shape, num_classes):
     return LeNet5(c, hw, num_classes)
 
 
+def _char_lstm(input_shape, num_classes):
+    if len(input_shape) != 1:
+        raise FedsimError(f"model char-lstm takes sequences of character indices, (L,) per sample, but the data "
+                          f"gives samples of shape {tuple(input_shape)}: use it with --dataset shakespeare")
+    return CharLSTM(num_classes)
+
+
 # name -> (builder(input_shape, num_classes) -> nn.Module, one-line description)
 BUILTINS = {
     "mlp": (_mlp, "McMahan 2NN: flatten -> 200 -> 200 -> classes (images or vectors)"),
@@ -204,6 +232,7 @@ BUILTINS = {
     "fedavgcnn": (_fedavgcnn, "PFLlib FedAvgCNN, valid padding: conv32 -> conv64 -> FC512 -> classes"),
     "lenet5": (_lenet5, "NIID-Bench simple-cnn (LeNet-5): conv6 -> conv16 -> 120 -> 84 -> classes"),
     "logreg": (_logreg, "multinomial logistic regression: flatten -> Linear(D -> classes)"),
+    "char-lstm": (_char_lstm, "LEAF's Shakespeare model: embedding 8 -> LSTM 256 -> LSTM 256 -> next character"),
 }
 
 
