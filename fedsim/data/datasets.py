@@ -40,10 +40,36 @@ class Dataset:
     natural_train: list[np.ndarray] | None = None
     natural_test: list[np.ndarray] | None = None
     info: dict = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @classmethod
+    def from_tensors(cls, x_train, y_train, x_test, y_test, *, name: str, client_train=None, client_test=None,
+                     num_classes: int | None = None) -> Dataset:
+        """A dataset from tensors or arrays; per-sample client ids (any integers or strings) give its natural
+        split, clients in sorted id order (`info["client_ids"]`). See fedsim/data/user.py."""
+        from fedsim.data.user import from_tensors
+
+        return from_tensors(cls, x_train, y_train, x_test, y_test, name=name, client_train=client_train,
+                            client_test=client_test, num_classes=num_classes)
+
+    @classmethod
+    def from_torch(cls, train_ds, test_ds, *, name: str, batch_size: int = 256) -> Dataset:
+        """A dataset from two map-style torch Datasets of (input, label), read into tensors once."""
+        from fedsim.data.user import from_torch
+
+        return from_torch(cls, train_ds, test_ds, name=name, batch_size=batch_size)
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the tensors, num_classes and natural split: names the data in run records."""
+        if self._fingerprint is None:
+            from fedsim.data.user import fingerprint
+
+            self._fingerprint = fingerprint(self)
+        return self._fingerprint
 
     def to(self, device) -> Dataset:
         for name in ("x_train", "y_train", "x_test", "y_test"):
@@ -435,6 +461,13 @@ def _load_synthetic_iid(data_dir: Path, download: bool, iid: bool = True, **opti
     return _load_synthetic(data_dir, download, iid=True, **options)
 
 
+def _load_shakespeare(data_dir: Path, download: bool, **_) -> Dataset:
+    """LEAF's next-character task from tinyshakespeare/input.txt under data_dir (see fedsim/data/shakespeare.py)."""
+    from fedsim.data.shakespeare import load_shakespeare
+
+    return load_shakespeare(data_dir)
+
+
 # --------------------------------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------------------------------
@@ -445,12 +478,15 @@ LOADERS = {
     **{name: _image_loader(name) for name in _IMAGE_SPECS},
     "synthetic": _load_synthetic,
     "synthetic-iid": _load_synthetic_iid,
+    "shakespeare": _load_shakespeare,
 }
 
 # Options load_dataset passes on. `seed` and `devices` are generic (a caller may pass them for any
-# dataset; those that draw nothing ignore them); the others are the synthetic generator's only.
+# dataset; those that draw nothing ignore them); alpha, beta, iid are the synthetic generator's only;
+# image_size, test_fraction, normalize a folder of images' only (fedsim/data/paths.py).
 _GENERIC_OPTIONS = {"seed", "devices"}
 _SYNTHETIC_OPTIONS = {"alpha", "beta", "iid"}
+_FOLDER_OPTIONS = {"image_size", "test_fraction", "normalize"}
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
             "emnist-balanced": "emnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
@@ -483,7 +519,7 @@ def _resolve(name: str, options: dict) -> tuple[str, dict]:
         return "synthetic", {**options, "alpha": alpha, "beta": beta}
     if key not in LOADERS:
         raise FedsimError(f"unknown dataset {name!r}: choose one of {', '.join(LOADERS)} "
-                          f"(or synthetic(ALPHA,BETA))")
+                          f"(or synthetic(ALPHA,BETA)), or give a folder of images or an .npz file")
     return key, options
 
 
@@ -493,20 +529,35 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, devic
 
     Names: digits (embedded), mnist, fashion-mnist, emnist (balanced split), cifar10, cifar100 (files in
     torchvision's layout under `data_dir`; `download=True` fetches missing ones with torchvision), and
-    synthetic (= synthetic(1,1)), synthetic(ALPHA,BETA), synthetic-iid (FedProx's generator).
-    Options (None means not given): `seed`, `devices` (used by the synthetic datasets, ignored by the
-    others), `alpha`, `beta`, `iid` (synthetic only).
+    synthetic (= synthetic(1,1)), synthetic(ALPHA,BETA), synthetic-iid (FedProx's generator), shakespeare
+    (LEAF's next-character task from tinyshakespeare/input.txt). A name that is no registered name but a
+    folder of images or an .npz file loads that (fedsim/data/paths.py).
+    Options (None means not given): `seed`, `devices` (used by the synthetic datasets, `seed` also by an
+    image folder's test split; ignored by the others), `alpha`, `beta`, `iid` (synthetic only),
+    `image_size`, `test_fraction`, `normalize` (a folder of images only).
     """
+    from fedsim.data.paths import dataset_path, load_path
+
     options = {k: v for k, v in options.items() if v is not None}
-    unknown = sorted(set(options) - _GENERIC_OPTIONS - _SYNTHETIC_OPTIONS)
+    known = _GENERIC_OPTIONS | _SYNTHETIC_OPTIONS | _FOLDER_OPTIONS
+    unknown = sorted(set(options) - known)
     if unknown:
         raise FedsimError(f"unknown dataset option(s) {', '.join(unknown)}: known ones are "
-                          f"{', '.join(sorted(_GENERIC_OPTIONS | _SYNTHETIC_OPTIONS))}")
-    key, options = _resolve(name, options)
-    if not key.startswith("synthetic"):
+                          f"{', '.join(sorted(known))}")
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    key = "".join(name.split()).lower() if isinstance(name, str) else None
+    path = None if key is None or _ALIASES.get(key, key) in LOADERS or _SYNTHETIC_NAME.fullmatch(key) \
+        else dataset_path(name)
+    if path is not None:
         misplaced = sorted(set(options) & _SYNTHETIC_OPTIONS)
         if misplaced:
-            raise FedsimError(f"dataset {key}: option(s) {', '.join(misplaced)} apply only to the "
-                              f"synthetic datasets")
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
+            raise FedsimError(f"dataset {name}: option(s) {', '.join(misplaced)} apply only to the synthetic "
+                              f"datasets")
+        return load_path(path, root, **options).to(device)
+    key, options = _resolve(name, options)
+    own = _SYNTHETIC_OPTIONS if key.startswith("synthetic") else set()
+    for group, owner in ((_SYNTHETIC_OPTIONS, "the synthetic datasets"), (_FOLDER_OPTIONS, "a folder of images")):
+        misplaced = sorted(set(options) & group - own)
+        if misplaced:
+            raise FedsimError(f"dataset {key}: option(s) {', '.join(misplaced)} apply only to {owner}")
     return LOADERS[key](root, download, **options).to(device)
