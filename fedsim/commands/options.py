@@ -17,7 +17,8 @@ PARTITION = "Partition (choose one scheme; default --iid)"
 # Kept as text, not read from fedsim.data.datasets (that imports numpy, which --help must not);
 # tests/test_cli_partition.py checks that every registered dataset is named here.
 DATASET_HELP = ("Dataset: digits (built in, no files), mnist, fashion-mnist, emnist, cifar10, cifar100, "
-                "synthetic, synthetic(ALPHA,BETA), synthetic-iid (FedProx's; they have a --natural split).")
+                "synthetic, synthetic(ALPHA,BETA), synthetic-iid (FedProx's), shakespeare (LEAF's next "
+                "character); the last four have a --natural split.")
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", help=DATASET_HELP, rich_help_panel=DATA)]
 DataDirOpt = Annotated[str | None, typer.Option(
@@ -48,7 +49,7 @@ QuantitySkewOpt = Annotated[float | None, typer.Option(
     help="Quantity skew (NIID-Bench): client sizes ~ Dir(BETA), labels IID; smaller = more unequal.")]
 NaturalOpt = Annotated[bool, typer.Option(
     "--natural", rich_help_panel=PARTITION,
-    help="The dataset's own per-device split (synthetic); the number of clients is the dataset's.")]
+    help="The dataset's own per-device split (synthetic, shakespeare); the number of clients is the dataset's.")]
 MinSizeOpt = Annotated[int, typer.Option(
     "--min-size", metavar="M", rich_help_panel=PARTITION,
     help="--dirichlet / --quantity-skew: redraw (at most 100 times) until every client has >= M samples.")]
