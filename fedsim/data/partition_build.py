@@ -160,7 +160,7 @@ def build_partition(dataset, scheme: str = "iid", num_clients: int | None = None
     `natural`, the clients are the dataset's devices and the test slices its `natural_test` (when it has
     one). `num_clients` None: `default_num_clients(dataset)`.
     """
-    from fedsim import __version__
+    from fedsim.version import __version__
 
     natural_train = getattr(dataset, "natural_train", None)
     if num_clients is None:
