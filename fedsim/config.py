@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fedsim.algorithms import ALGORITHMS, algorithm_options
 from fedsim.core.params import Range, check_value
+from fedsim.data.schemes import SCHEMES
 from fedsim.errors import FedsimError
 
 EXECUTORS = ("auto", "sequential", "vmap")
@@ -83,10 +84,9 @@ class GeneralOptions:
     @property
     def scheme(self) -> tuple[str, float | int | None]:
         """The partition scheme and its parameter, from the mutually exclusive scheme options."""
-        given = [(s, v) for s, v in (("dirichlet", self.dirichlet), ("shards", self.shards),
-                                     ("labels", self.labels), ("quantity_skew", self.quantity_skew))
-                 if v is not None]
-        given += [(s, None) for s, flag in (("iid", self.iid), ("natural", self.natural)) if flag]
+        # a flag scheme (iid, natural) is given when true, a valued one (dirichlet=ALPHA, ...) when set
+        given = [(s, None if isinstance(v, bool) else v) for s in SCHEMES
+                 if (v := getattr(self, s)) is not None and v is not False]
         if len(given) > 1:
             names = " and ".join("--" + s.replace("_", "-") for s, _ in given)
             raise FedsimError(f"choose one partition scheme, not {names}")

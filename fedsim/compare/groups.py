@@ -11,29 +11,15 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from fedsim.algorithms import ALGORITHMS, algorithm_options, options_of
 from fedsim.compare.runs import Run, Warn, _default_warn
+from fedsim.data.schemes import SCHEMES
 
 BOOKKEEPING = frozenset({
     "seed", "partition_seed",            # the seeds themselves: what a group averages over
     "name", "out_dir", "overwrite", "quiet", "device", "data_dir", "download",
     "partition",                         # the partition file's path (its scheme is kept, see below)
 })
-# The partition scheme options collapse into one key, `partition`, e.g. "dirichlet(0.5)" or "iid".
-SCHEME_FIELDS = ("iid", "dirichlet", "shards", "labels", "quantity_skew", "natural")
-
-# Algorithm hyperparameters and the algorithms that read them: a group's name leaves out a key
-# its algorithm ignores (FedAvg's mu). Only for naming; grouping always uses every key.
-_SERVER_OPT = {"server_lr", "server_beta1", "server_beta2", "server_tau"}
-ALGO_PARAMS: dict[str, set[str]] = {
-    "fedavg": set(), "fedper": set(), "fedbn": set(), "fedas": set(), "fednova": set(),
-    "fedprox": {"mu"},
-    "scaffold": {"server_lr"},
-    "fedavgm": {"server_lr", "server_momentum"},
-    "fedadam": _SERVER_OPT, "fedyogi": _SERVER_OPT, "fedadagrad": _SERVER_OPT,
-    "fedrep": {"head_epochs"},
-    "ditto": {"lam"},
-}
-_ALGO_SPECIFIC = set().union(*ALGO_PARAMS.values())
 
 
 @dataclass
@@ -69,7 +55,7 @@ def _partition_key(run: Run) -> str:
         scheme, param = part.get("scheme", "file"), ",".join(_fmt_value(v) for v in params.values()) or None
     else:
         # A flag scheme (iid, natural) is given when true; a valued one (dirichlet=alpha, ...) when set.
-        given = [(s, None if isinstance(v, bool) else v) for s in SCHEME_FIELDS
+        given = [(s, None if isinstance(v, bool) else v) for s in SCHEMES
                  if (v := cfg.get(s)) is not None and v is not False]
         scheme, param = given[0] if len(given) == 1 else ("iid", None) if not given else ("invalid", None)
     return scheme if param is None else f"{scheme}({_fmt_value(param)})"
@@ -81,7 +67,7 @@ def experiment_key(run: Run) -> dict:
 
     # A field missing from an older record has its default: a new option does not split groups.
     defaults = {name: f.default for name, f in FIELDS.items() if f.default is not dataclasses.MISSING}
-    skip = BOOKKEEPING | set(SCHEME_FIELDS)
+    skip = BOOKKEEPING | set(SCHEMES)  # the scheme options collapse into one key, `partition`
     cfg = {k: v for k, v in {**defaults, **run.config}.items() if k not in skip}
     cfg["partition"] = _partition_key(run)
     # The record holds the client count actually used (--clients may be left to its default).
@@ -127,9 +113,10 @@ def group_runs(runs: Sequence[Run], on_warning: Warn | None = None) -> list[Grou
         if not varying:
             g.name = _stem_name(g.runs)
             continue
+        # a group's name leaves out an option its algorithm does not read (FedAvg's mu); grouping uses every key
         algo = g.config.get("algo")
-        shown = [k for k in varying
-                 if not (k in _ALGO_SPECIFIC and algo in ALGO_PARAMS and k not in ALGO_PARAMS[algo])]
+        unread = set(algorithm_options()) - options_of(algo) if algo in ALGORITHMS else set()
+        shown = [k for k in varying if k not in unread]
         g.differing = {k: g.config.get(k) for k in shown}
         g.name = " ".join(f"{k}={_fmt_value(v)}" for k, v in g.differing.items()) or f"algo={algo}"
     # Leaving out unused keys must never make two groups look alike.
