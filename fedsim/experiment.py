@@ -29,7 +29,6 @@ from fedsim.engine.executors import make_executor
 from fedsim.engine.local import ClientData, LocalSpec
 from fedsim.engine.optim import OptimizerSpec
 from fedsim.engine.round import run_round
-from fedsim.engine.threads import ThreadChooser
 from fedsim.errors import DivergenceError, FedsimError
 from fedsim.metrics import RunWriter, read_rows
 from fedsim.version import __version__
@@ -47,7 +46,6 @@ class Experiment:
     keys: ModelKeys
     algorithm: object
     executor: object
-    threads: ThreadChooser
 
     def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
@@ -98,12 +96,10 @@ def setup(config: Config, model=None, dataset=None) -> Experiment:
     spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
                      config.seed)
     algorithm.attach(model, data)
-    executor = make_executor(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile)
-    if device.type != "cpu":
-        threads = ThreadChooser(fixed=torch.get_num_threads())
-    else:  # one client's step is too small to split over threads (sequential); a stacked cohort's is not
-        threads = ThreadChooser(fixed=config.threads or (1 if executor.name == "sequential" else None))
-    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, threads)
+    executor = make_executor(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile,
+                             config.threads)
+    executor.threads.apply()
+    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor)
 
 
 def _user_model(model, dataset) -> torch.nn.Module:
@@ -166,7 +162,7 @@ def run_record(exp: Experiment) -> dict:
                   "parameters": sum(p.numel() for p in exp.model.parameters()),
                   "initial_sha256": weights_sha256(model_state(exp.model))},
         "executor": {"name": exp.executor.name, "reason": getattr(exp.executor, "reason", ""),
-                     "threads": "chosen by timing" if exp.threads.adaptive else exp.threads.current},
+                     "threads": exp.executor.threads.describe()},
         "status": "running",
     }
 
@@ -249,7 +245,8 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
         raise
     finally:
         summary = _summary(writer.rows)
-        summary["threads"] = [list(change) for change in exp.threads.history]  # (from round, thread count)
+        if exp.executor.threads.adaptive:  # (local step, thread count) each time a probe chose anew
+            summary["threads_chosen"] = [list(d) for d in exp.executor.threads.decisions]
         if config.compile:  # cold compilation is inside the first rounds' round_seconds: its share, apart
             summary["compile_seconds"] = round(compile_seconds() - compiled_before, 3)
         writer.close(status, detail, summary)
@@ -289,8 +286,7 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress):
     for r in range(start.round + 1, config.rounds + 1):
         round_start = time.perf_counter()
         lr = config.lr * config.lr_decay ** (r - 1)
-        with exp.threads.round(r):
-            result = run_round(algo, exp.executor, server, store, exp.cohort(r, eligible, cohort_size), r, lr)
+        result = run_round(algo, exp.executor, server, store, exp.cohort(r, eligible, cohort_size), r, lr)
         server = result.server
         sent_up += len(result.sent) * algo.bytes_up(server)
         sent_down += len(result.sent) * algo.bytes_down(server)

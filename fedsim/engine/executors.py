@@ -6,14 +6,16 @@ from __future__ import annotations
 import torch
 
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
+from fedsim.engine.threads import ThreadChooser
 from fedsim.errors import FedsimError
 
 
 def make_executor(name: str, model: torch.nn.Module, data: ClientData, spec: LocalSpec, algorithm,
-                  chunk: int | None = None, compile: bool = False):
-    """`--executor auto|sequential|vmap` for `algorithm` (duck-typed: its `vmap_ok`)."""
+                  chunk: int | None = None, compile: bool = False, threads: int | None = None):
+    """`--executor auto|sequential|vmap` for `algorithm` (duck-typed: its `vmap_ok`). `threads`: torch's CPU
+    threads (None: 1 for sequential; for vmap on the CPU chosen by timing, see threads.py)."""
     if name == "sequential":
-        return SequentialExecutor(model, data, spec)
+        return SequentialExecutor(model, data, spec, threads or 1)
     from fedsim.engine.vmap import VmapExecutor, vmap_unsupported_reason
 
     reason = vmap_unsupported_reason(model, algorithm)
@@ -22,8 +24,10 @@ def make_executor(name: str, model: torch.nn.Module, data: ClientData, spec: Loc
     if reason is None and name == "auto" and data.x.device.type == "cpu":
         reason = _slower_under_vmap_on_cpu(model)
     if reason is None:
-        return VmapExecutor(model, data, spec, chunk=chunk, compile=compile)
-    executor = SequentialExecutor(model, data, spec)
+        on_cpu = data.x.device.type == "cpu"
+        chooser = ThreadChooser(fixed=threads if on_cpu else threads or torch.get_num_threads())
+        return VmapExecutor(model, data, spec, chunk=chunk, compile=compile, threads=chooser)
+    executor = SequentialExecutor(model, data, spec, threads or 1)
     executor.reason = f"auto chose sequential: {reason}"
     return executor
 

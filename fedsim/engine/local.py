@@ -12,6 +12,7 @@ from torch.func import functional_call
 from fedsim.core import rng
 from fedsim.core.hooks import ClientJob, ClientResult, Phase
 from fedsim.engine.optim import OptimizerSpec, clip_by_global_norm
+from fedsim.engine.threads import ThreadChooser
 
 
 @dataclass
@@ -136,8 +137,9 @@ class SequentialExecutor:
     name = "sequential"
     reason = "trains one client after another (the reference executor)"
 
-    def __init__(self, model: torch.nn.Module, data: ClientData, spec: LocalSpec):
+    def __init__(self, model: torch.nn.Module, data: ClientData, spec: LocalSpec, threads: int = 1):
         self.model, self.data, self.spec = model, data, spec
+        self.threads = ThreadChooser(fixed=threads)  # one client's step is too small to split over threads
 
     def train(self, phases: list[Phase], jobs: list[ClientJob], round: int, lr: float) -> list[ClientResult]:
         return [train_client(self.model, self.data, self.spec, phases, job, round, lr) for job in jobs]

@@ -57,6 +57,7 @@ from fedsim.engine.folded import FoldedLinears, foldable, folding_matches_vmap
 from fedsim.engine.local import ClientData, LocalSpec, batch_schedule, client_objective
 from fedsim.engine.optim import clip_by_global_norm
 from fedsim.engine.outer import LinearTaps, OuterProduct, tappable_linears, weight_key
+from fedsim.engine.threads import ThreadChooser
 from fedsim.errors import FedsimError
 
 
@@ -155,10 +156,11 @@ class VmapExecutor:
     name = "vmap"
 
     def __init__(self, model: nn.Module, data: ClientData, spec: LocalSpec, chunk: int | None = None,
-                 compile: bool = False):
+                 compile: bool = False, threads: ThreadChooser | None = None):
         if chunk is not None and chunk < 1:
             raise FedsimError(f"--cohort-chunk must be >= 1 (got {chunk})")
         self.model, self.data, self.spec, self.chunk, self.compile = model, data, spec, chunk, compile
+        self.threads = threads or ThreadChooser(fixed=torch.get_num_threads())
         self.param_names = [k for k, _ in model.named_parameters()]
         self.buffer_names = {k for k, _ in model.named_buffers()}
         # padded rows would enter BatchNorm's statistics, or whatever else a row's output takes from its batch
@@ -247,16 +249,17 @@ class VmapExecutor:
                 if now < active:  # clients [now, active) took all their steps: they leave the stack, untouched
                     live, opt_state, rest = _head(live, now), _head(opt_state, now), _head(rest, now)
                     ctx, active = _head(ctx, now, ctx_dims), now
-                i = idx[s, :active]
-                # index_select copies whole rows (a plain x[i] gathers element by element: 6x slower for MNIST)
-                x, y = (t.index_select(0, i.flatten()).view(*i.shape, *t.shape[1:]) for t in (data.x, data.y))
-                grads, loss = self._gradients(phase, forward, taps, live, rest, ctx, ctx_dims, x, y,
-                                              mask[s, :active], counts[s, :active])
-                if finish is not None:
-                    grads = finish(grads, ctx)
-                with torch.no_grad():
-                    opt_state = spec.optimizer.step_(live, grads, opt_state, lr)
-                losses[s, :active] = loss
+                with self.threads.step():
+                    i = idx[s, :active]
+                    # index_select copies whole rows (a plain x[i] gathers element by element: 6x slower for MNIST)
+                    x, y = (t.index_select(0, i.flatten()).view(*i.shape, *t.shape[1:]) for t in (data.x, data.y))
+                    grads, loss = self._gradients(phase, forward, taps, live, rest, ctx, ctx_dims, x, y,
+                                                  mask[s, :active], counts[s, :active])
+                    if finish is not None:
+                        grads = finish(grads, ctx)
+                    with torch.no_grad():
+                        opt_state = spec.optimizer.step_(live, grads, opt_state, lr)
+                    losses[s, :active] = loss
         finally:
             if taps is not None:
                 taps.remove()
