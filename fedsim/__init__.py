@@ -24,7 +24,7 @@ def __getattr__(name):
 
         return run
     if name == "load_checkpoint":
-        from fedsim.engine.checkpoint import load_checkpoint
+        from fedsim.checkpoint import load_checkpoint
 
         return load_checkpoint
     if name in ("load_partition", "build_partition"):

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from fedsim.algorithms import algorithm_class
+from fedsim.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from fedsim.config import Config
 from fedsim.core import rng
 from fedsim.core.hooks import ClientStore, ModelKeys
 from fedsim.core.state import model_state
-from fedsim.engine.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from fedsim.engine.evaluate import personal_summary, predict
 from fedsim.engine.executors import make_executor
 from fedsim.engine.local import ClientData, LocalSpec

@@ -51,7 +51,7 @@ INT_COLUMNS = ("round", "clients", "bytes_up", "bytes_down")
 
 class RunWriter:
     """Writes `<name>.csv` (whole rows, flushed every round) and the run record `<name>.json`; names the
-    checkpoint `<name>.ckpt` beside them (fedsim.engine.checkpoint writes it).
+    checkpoint `<name>.ckpt` beside them (fedsim.checkpoint writes it).
 
     `resume_round`: continue the run's files from its checkpoint after that round: the CSV keeps its rows up
     to it (the later ones will be computed again, identically), and the record its start time and a list

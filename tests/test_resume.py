@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 import fedsim
+from fedsim.checkpoint import load_checkpoint
 from fedsim.cli import app
 from fedsim.config import Config
-from fedsim.engine.checkpoint import load_checkpoint
 from fedsim.errors import FedsimError
 from fedsim.metrics import TIME_COLUMNS
 

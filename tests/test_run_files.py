@@ -241,9 +241,9 @@ def test_a_resume_drops_a_row_cut_off_without_its_newline(tmp_path):
 def test_a_checkpoint_on_a_full_disk_is_one_error_line_and_no_file(tmp_path, monkeypatch):
     import torch
 
+    from fedsim.checkpoint import Progress, save_checkpoint
     from fedsim.config import Config
     from fedsim.core.hooks import ServerState
-    from fedsim.engine.checkpoint import Progress, save_checkpoint
 
     real_open = open
     monkeypatch.setattr(files, "open", lambda path, mode: real_open("/dev/full", mode), raising=False)

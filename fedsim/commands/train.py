@@ -139,8 +139,8 @@ def train(
     **algorithm_option_values,  # every algorithm's own options (--mu, --lam, ...): see _with_algorithm_options
 ) -> None:
     """Train with a federated algorithm; one CSV row per evaluated round in --out-dir."""
+    from fedsim.checkpoint import load_checkpoint
     from fedsim.config import Config, config_from_toml
-    from fedsim.engine.checkpoint import load_checkpoint
     from fedsim.experiment import run
 
     with user_errors():
