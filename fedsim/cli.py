@@ -46,4 +46,18 @@ def _root(
 
 
 def main() -> None:
-    app()
+    """The console script: a usage error (an unknown option, a value of the wrong type) is one line, exit 2."""
+    import sys
+
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:
+        # by name: Typer carries its own copy of click, whose UsageError is another class
+        if not any(cls.__name__ == "UsageError" for cls in type(e).__mro__):
+            raise
+        command = e.ctx.command_path if e.ctx is not None else "fedsim"
+        sys.stderr.write(f"error: {e.format_message()} (see `{command} --help`)\n")
+        code = e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside a training run
+        code = 130
+    sys.exit(code or 0)

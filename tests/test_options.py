@@ -92,3 +92,14 @@ def test_resume_with_zero_rounds_is_bad_input(tmp_path):
     assert runner.invoke(app, ["train", "--rounds", "2", "--out-dir", out, "--name", "r", "--quiet"]).exit_code == 0
     result = runner.invoke(app, ["train", "--resume", "r", "--out-dir", out, "--rounds", "0"])
     assert result.exit_code == 2 and "--rounds must be >= 1" in result.output, result.output
+
+
+@pytest.mark.parametrize("args", [["train", "--rounds", "x"], ["train", "--nosuch"], ["train", "--betas", "0.9"],
+                                  ["nosuch"], ["compare"], ["partition", "--clients", "y"]])
+def test_usage_errors_of_the_console_script_are_one_line_exit_2(args):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "fedsim", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
