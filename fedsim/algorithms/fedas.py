@@ -64,6 +64,7 @@ def features_and_logits(model, state, x, head_modules):
 class FedAS(FedPer):
     name = "fedas"
     vmap_ok = False  # prototypes and the Fisher trace are per-client Python work
+    plain_average = False  # clients weighted by their Fisher trace
     Params = FedASParams
 
     def __init__(self, config, keys, num_clients: int = 1):

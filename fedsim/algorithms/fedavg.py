@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from fedsim.core.hooks import ClientJob, ClientResult, ClientStore, ModelKeys, Phase, ServerState
+from fedsim.core.hooks import ClientJob, ClientResult, ClientStore, ModelKeys, Phase, ServerState, sample_weighted_mean
 from fedsim.core.params import Params
-from fedsim.core.state import State, clone, num_bytes, weighted_mean
+from fedsim.core.state import State, clone, num_bytes
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class FedAvg:
     needs_head = False  # personalized algorithms set this: the engine then finds the model's head
     personalized = False  # keeps a personal model part per client (and honours --freeze-base)
     vmap_ok = True  # False: the algorithm needs per-client Python work the vmap executor cannot batch
+    plain_average = True  # aggregate() averages the clients' models through self.average, which DP or robust
+    #                      aggregation may replace (self.averaging); False: the algorithm weighs them its own way
     Params = NoParams  # the algorithm's own options; a subclass declares its own (fedsim.core.params)
 
     def __init__(self, config, keys: ModelKeys, num_clients: int = 1):
@@ -50,6 +52,7 @@ class FedAvg:
         self.personal = [k for k in keys.all if k in personal]
         self.shared = [k for k in keys.all if k not in personal]
         self.shared_params = [k for k in keys.params if k not in personal]
+        self.averaging = sample_weighted_mean  # f(global model, sent, keys) -> the average over keys
 
     def attach(self, model, data) -> None:
         """The engine hands over the template model and the clients' data (for FedAS-like hooks)."""
@@ -85,9 +88,12 @@ class FedAvg:
             store.put(result.client, {k: result.states[-1][k] for k in self.personal})
         return result
 
+    def average(self, server: ServerState, sent: list[ClientResult]) -> State:
+        """The clients' models averaged over the shared keys, by `self.averaging`."""
+        return self.averaging(server.model, sent, self.shared)
+
     def aggregate(self, server: ServerState, results: list[ClientResult]) -> ServerState:
-        mean = weighted_mean([r.states[-1] for r in results], [r.num_samples for r in results], self.shared)
-        return replace(server, model={**server.model, **mean})
+        return replace(server, model={**server.model, **self.average(server, results)})
 
     # --- evaluation and accounting -----------------------------------------------------------------
     def personal_model(self, server: ServerState, store: ClientStore, client: int) -> State | None:

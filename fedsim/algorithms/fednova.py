@@ -31,6 +31,7 @@ def steps_weight(tau: int, rho: float) -> float:
 
 class FedNova(FedAvg):
     name = "fednova"
+    plain_average = False  # each update divided by its a_i
 
     def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)

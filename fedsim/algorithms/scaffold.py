@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.core.hooks import ClientJob, Phase
 from fedsim.core.params import Params, option
-from fedsim.core.state import clone, num_bytes, weighted_mean
+from fedsim.core.state import clone, num_bytes
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Scaffold(FedAvg):
 
     def aggregate(self, server, results):
         eta = self.params.server_lr
-        mean = weighted_mean([r.states[-1] for r in results], [r.num_samples for r in results], self.shared)
+        mean = self.average(server, results)
         if eta != 1:
             mean.update({k: server.model[k] + eta * (mean[k] - server.model[k]) for k in self.shared_params})
         c = {k: v + sum(r.extra["dc"][k] for r in results) / self.num_clients for k, v in server.extra["c"].items()}

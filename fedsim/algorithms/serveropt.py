@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.core.params import Params, option
-from fedsim.core.state import weighted_mean
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class ServerOpt(FedAvg):
         raise NotImplementedError
 
     def aggregate(self, server, results):
-        mean = weighted_mean([r.states[-1] for r in results], [r.num_samples for r in results], self.shared)
+        mean = self.average(server, results)
         extra = {**server.extra, **{name: {} for name in self.moments}}
         for k in self.shared_params:
             change, new = self.step(mean[k] - server.model[k], {n: server.extra[n][k] for n in self.moments})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fedsim.core.state import State
+from fedsim.core.state import State, weighted_mean
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,14 @@ class ClientResult:
     last_finite_loss: float = float("nan")  # the last finite batch loss (for divergence messages)
     lr: float = 0.0  # the client learning rate used this round
     extra: dict = field(default_factory=dict)  # what an algorithm sends beside the model (SCAFFOLD's dc_i)
+    round: int = 0  # the round it trained in (keys the server's random draws, e.g. DP noise)
+
+
+def sample_weighted_mean(global_model: State, sent: list[ClientResult], keys) -> State:
+    """FedAvg's average of the clients' models over `keys`: weighted by their sample counts. The default
+    `FedAvg.averaging`; differential privacy (clipped updates, noise) and robust aggregation (median, Krum)
+    are other functions of the same signature."""
+    return weighted_mean([r.states[-1] for r in sent], [r.num_samples for r in sent], keys)
 
 
 @dataclass

@@ -128,7 +128,8 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
         states.append(state)
         steps.append(len(schedule))
     total_steps = max(sum(steps), 1)
-    return ClientResult(job.client, n, states, steps, float(loss_sum) / total_steps, float(last_finite), lr)
+    return ClientResult(job.client, n, states, steps, float(loss_sum) / total_steps, float(last_finite), lr,
+                        round=round)
 
 
 class SequentialExecutor:

@@ -213,7 +213,7 @@ class VmapExecutor:
             finite = own[np.isfinite(own)]
             results.append(ClientResult(job.client, sizes[i], [{k: v[i].clone() for k, v in s.items()} for s in states],
                                         [st[i] for st in steps], float(own.sum()) / max(len(own), 1),
-                                        float(finite[-1]) if len(finite) else float("nan"), lr))
+                                        float(finite[-1]) if len(finite) else float("nan"), lr, round=round))
         return results
 
     def _batches(self, jobs, schedules):
