@@ -62,9 +62,11 @@ class RunWriter:
     is refused and leaves the live run's files alone. The OS drops the lock when the process dies.
     """
 
-    def __init__(self, out_dir, name: str, overwrite: bool, record: dict, resume_round: int | None = None):
+    def __init__(self, out_dir, name: str, overwrite: bool, record: dict, resume_round: int | None = None,
+                 columns: list[str] | None = None):
         from pathlib import Path
 
+        self.columns = list(columns or CSV_COLUMNS)  # CSV_COLUMNS, then the run's features' own (DP's epsilon)
         self.dir = Path(out_dir)
         self.csv_path = self.dir / f"{name}.csv"
         self.json_path = self.dir / f"{name}.json"
@@ -97,13 +99,13 @@ class RunWriter:
         except OSError as e:
             raise FedsimError(f"cannot write results to {self.dir}/: {e.strerror}; choose --out-dir") from None
         self.rows: list[dict] = []
-        self._write_line(",".join(CSV_COLUMNS))
+        self._write_line(",".join(self.columns))
 
     def _reopen(self, resume_round: int) -> None:
         from fedsim.files import write_atomically
 
-        lines, self.rows = read_rows(self.csv_path, resume_round)
-        text = "".join(line + "\n" for line in [",".join(CSV_COLUMNS), *lines])
+        lines, self.rows = read_rows(self.csv_path, resume_round, self.columns)
+        text = "".join(line + "\n" for line in [",".join(self.columns), *lines])
         write_atomically(self.csv_path, lambda tmp: tmp.write_text(text), "run CSV", "; choose --out-dir")
         try:
             self._csv = open(self.csv_path, "ab", buffering=0)  # noqa: SIM115 (kept open for the run)
@@ -111,7 +113,7 @@ class RunWriter:
             raise FedsimError(f"cannot write run CSV {self.csv_path}: {e.strerror}; choose --out-dir") from None
 
     def append(self, row: dict) -> None:
-        self._write_line(",".join(_format(row[c]) for c in CSV_COLUMNS))
+        self._write_line(",".join(_format(row[c]) for c in self.columns))
         self.rows.append(row)
 
     def _write_line(self, line: str) -> None:
@@ -217,8 +219,9 @@ def _same_file(fd: int, path) -> bool:
         return False
 
 
-def read_rows(path, through_round: int) -> tuple[list[str], list[dict]]:
-    """The lines of a run's CSV up to round `through_round` (its header checked), and those rows parsed."""
+def read_rows(path, through_round: int, columns: list[str] | None = None) -> tuple[list[str], list[dict]]:
+    """The lines of a run's CSV up to round `through_round` (its header checked: `columns`, or by default
+    CSV_COLUMNS and any feature columns after them), and those rows parsed."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -226,18 +229,20 @@ def read_rows(path, through_round: int) -> tuple[list[str], list[dict]]:
     lines = text.splitlines()
     if not text.endswith("\n"):
         lines = lines[:-1]  # a row cut off by a failed write or a kill was never completed
-    if not lines or lines[0] != ",".join(CSV_COLUMNS):
-        raise FedsimError(f"{path} is not a fedsim run CSV (its header differs)")
+    header = lines[0].split(",") if lines else []
+    if header[: len(CSV_COLUMNS)] != CSV_COLUMNS or (columns is not None and header != list(columns)):
+        raise FedsimError(f"{path} is not a fedsim run CSV with this run's columns (its header differs)")
+    columns = header
     try:
         kept = [line for line in lines[1:] if int(line.split(",")[0]) <= through_round]
-        return kept, [_parse(line) for line in kept]
+        return kept, [_parse(line, columns) for line in kept]
     except ValueError:
         raise FedsimError(f"{path} has a damaged row; it cannot be resumed") from None
 
 
-def _parse(line: str) -> dict:
+def _parse(line: str, columns: list[str]) -> dict:
     """A CSV line back into the row the round loop made (an empty cell is NaN)."""
-    row = dict(zip(CSV_COLUMNS, line.split(","), strict=True))
+    row = dict(zip(columns, line.split(","), strict=True))
     return {c: int(v) if c in INT_COLUMNS else float(v or "nan") for c, v in row.items()}
 
 
