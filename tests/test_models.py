@@ -139,7 +139,7 @@ def test_unknown_model_name():
         build_model("resnt18", MNIST, 10)
     msg = str(err.value)
     assert "unknown model 'resnt18'" in msg and "mlp, cnn, cnn-bn" in msg and "did you mean 'resnet18'" in msg
-    assert "torchvision classification model" in msg and "\n" not in msg
+    assert "torchvision classification model" in msg and "package.module:attr" in msg and "\n" not in msg
 
 
 def test_non_classifier_torchvision_name():

@@ -92,7 +92,8 @@ def _unknown_model(name: str) -> FedsimError:
         )
     message = (
         f"unknown model {name!r}: built-in models are {', '.join(BUILTINS)}; any torchvision "
-        f"classification model also works (e.g. {', '.join(EXAMPLE_TORCHVISION)})"
+        f"classification model also works (e.g. {', '.join(EXAMPLE_TORCHVISION)}), and your own as "
+        f"package.module:attr"
     )
     close = difflib.get_close_matches(name, list(BUILTINS) + tv_names, n=1, cutoff=0.6)
     if close:
