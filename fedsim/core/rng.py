@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 COHORT, BATCHES, TORCH = 1, 2, 3
+MALICIOUS, ATTACK = 4, 5  # fedsim.robust: the fixed malicious subset (seed); an attacker's noise
 
 
 def keyed_rng(purpose: int, seed: int, *keys: int) -> np.random.Generator:
