@@ -38,6 +38,14 @@ class ClientJob:
     client: int
     start: State
     ctx: dict
+    # Where runs of a sweep train together in one executor: the client's rows in the executor's data (its id
+    # offset past the other runs' clients), and its run's seed for the keyed draws. None: `client`, the spec's.
+    rows: int | None = None
+    seed: int | None = None
+
+    @property
+    def data_rows(self) -> int:
+        return self.client if self.rows is None else self.rows
 
 
 @dataclass(frozen=True)

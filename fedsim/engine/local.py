@@ -90,9 +90,10 @@ def client_objective(model: torch.nn.Module, phase: Phase, params: dict, rest: d
 def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phases: list[Phase],
                  job: ClientJob, round: int, lr: float) -> ClientResult:
     """Run the algorithm's phases for one client; returns its state after each phase."""
-    torch.manual_seed(rng.keyed_torch_seed(spec.seed, round, job.client))
-    generator = rng.keyed_rng(rng.BATCHES, spec.seed, round, job.client)
-    own = data.of(job.client)
+    seed = spec.seed if job.seed is None else job.seed
+    torch.manual_seed(rng.keyed_torch_seed(seed, round, job.client))
+    generator = rng.keyed_rng(rng.BATCHES, seed, round, job.client)
+    own = data.of(job.data_rows)
     n = len(own)
     model.train()
     param_names = [k for k, _ in model.named_parameters()]

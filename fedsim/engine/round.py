@@ -24,19 +24,60 @@ class RoundResult:
     sent: list[ClientResult]  # what each client of the cohort sent the server
 
 
+@dataclass
+class RunRound:
+    """One run's part of a round where several runs (a sweep's) train together in one executor: its algorithm,
+    server state, client store and cohort, where its clients' rows start in the executor's data, its seed."""
+
+    algorithm: object
+    server: ServerState
+    store: ClientStore
+    cohort: object  # client ids
+    rows: int = 0
+    seed: int | None = None
+
+
 def run_round(algorithm, executor, server: ServerState, store: ClientStore, cohort, round: int,
               lr: float) -> RoundResult:
     """Train `cohort` (client ids) from `server` and aggregate; `store` gets the clients' kept state.
 
     Raises DivergenceError naming the round and the client when a loss or a weight becomes NaN/inf.
     """
-    jobs = [algorithm.client_job(server, store, int(c)) for c in cohort]
-    results = executor.train(algorithm.phases(), jobs, round, lr)
+    (outcome,) = run_stacked_round(executor, [RunRound(algorithm, server, store, cohort)], round, lr)
+    if isinstance(outcome, DivergenceError):
+        raise outcome
+    return outcome
+
+
+def run_stacked_round(executor, runs: list[RunRound], round: int, lr: float) -> list[RoundResult | DivergenceError]:
+    """One round of each of `runs`, their cohorts trained in one `executor.train` call (the runs share the
+    algorithm's phases and the local work; see fedsim/sweep.py). Each run's outcome, in order: its RoundResult,
+    or the DivergenceError that stops that run alone."""
+    jobs, owner = [], []
+    for i, run in enumerate(runs):
+        for c in run.cohort:
+            job = run.algorithm.client_job(run.server, run.store, int(c))
+            if len(runs) > 1:
+                job.rows, job.seed = run.rows + int(c), run.seed
+            jobs.append(job)
+            owner.append(i)
+    results = executor.train(runs[0].algorithm.phases(), jobs, round, lr)
+    outcomes = []
+    for i, run in enumerate(runs):
+        mine = [res for res, o in zip(results, owner, strict=True) if o == i]
+        try:
+            outcomes.append(_finish(run, mine, round, lr))
+        except DivergenceError as e:
+            outcomes.append(e)
+    return outcomes
+
+
+def _finish(run: RunRound, results: list[ClientResult], round: int, lr: float) -> RoundResult:
     for res in results:
         if not math.isfinite(res.loss) or not is_finite(res.states[-1], res.states[-1]):
             diverged(round, res.client, res.last_finite_loss, lr)
-    sent = [algorithm.client_finish(server, store, res) for res in results]
-    server = algorithm.aggregate(server, sent)
+    sent = [run.algorithm.client_finish(run.server, run.store, res) for res in results]
+    server = run.algorithm.aggregate(run.server, sent)
     if not is_finite(server.model, server.model):
         diverged(round, None, float("nan"), lr)
     return RoundResult(server, sent)

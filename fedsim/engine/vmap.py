@@ -176,7 +176,7 @@ class VmapExecutor:
         if not jobs:
             return []
         self.model.train()
-        order = sorted(range(len(jobs)), key=lambda i: -self.data.size(jobs[i].client))  # stable
+        order = sorted(range(len(jobs)), key=lambda i: -self.data.size(jobs[i].data_rows))  # stable
         chunk = self.chunk or default_chunk(self.model, self.data, self.spec, len(jobs))
         results: list[ClientResult | None] = [None] * len(jobs)
         for lo in range(0, len(order), chunk):
@@ -184,13 +184,15 @@ class VmapExecutor:
             for i, res in zip(part, self._train_chunk(phases, [jobs[i] for i in part], round, lr), strict=True):
                 results[i] = res
         # leave torch's global generator as the sequential executor does (it seeds it for each client in turn)
-        torch.manual_seed(rng.keyed_torch_seed(self.spec.seed, round, jobs[-1].client))
+        last = jobs[-1]
+        torch.manual_seed(rng.keyed_torch_seed(self.spec.seed if last.seed is None else last.seed, round, last.client))
         return results
 
     def _train_chunk(self, phases, jobs, round, lr) -> list[ClientResult]:
         spec = self.spec
-        sizes = [self.data.size(job.client) for job in jobs]
-        gens = [rng.keyed_rng(rng.BATCHES, spec.seed, round, job.client) for job in jobs]
+        sizes = [self.data.size(job.data_rows) for job in jobs]
+        gens = [rng.keyed_rng(rng.BATCHES, spec.seed if job.seed is None else job.seed, round, job.client)
+                for job in jobs]
         ctx, ctx_dims = _stack_ctx(jobs)
         state = _stack([job.start for job in jobs])
         states, steps, losses = [], [], []
@@ -226,7 +228,7 @@ class VmapExecutor:
                 pos[s, c, : len(batch)] = batch
                 counts[s, c] = len(batch)
         pos = torch.from_numpy(pos).to(self.data.indices.device)
-        idx = torch.stack([self.data.of(job.client)[pos[:, c]] if self.data.size(job.client) else pos[:, c]
+        idx = torch.stack([self.data.of(job.data_rows)[pos[:, c]] if self.data.size(job.data_rows) else pos[:, c]
                            for c, job in enumerate(jobs)], dim=1)
         return idx, counts
 
