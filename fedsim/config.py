@@ -24,6 +24,7 @@ from fedsim.errors import FedsimError
 EXECUTORS = ("auto", "sequential", "vmap")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 BN_MODES = ("global", "local")
+NORMALIZATIONS = ("standard", "symmetric", "unit")  # fedsim.data.datasets.NORMALIZATIONS
 
 
 @dataclass
@@ -33,6 +34,7 @@ class GeneralOptions:
     data_dir: str | None = None          # default: $FEDSIM_DATA or ./data
     download: bool = False               # let torchvision fetch missing files (needs the network)
     device: str = "auto"                 # auto = CUDA when present, else CPU
+    normalize: str | None = None         # pixels: standard (mean/std) | symmetric [-1, 1] | unit [0, 1]; None: usual
     # --- partition: a saved file, or one scheme computed on the fly --------------------------
     partition: str | None = None         # file written by `fedsim partition`
     clients: int | None = None          # default 10 (synthetic: its 30 devices)
@@ -123,6 +125,8 @@ class GeneralOptions:
                                     ("optimizer", "optimizer", OPTIMIZERS), ("bn", "--bn mode", BN_MODES)):
             if getattr(self, name) not in choices:
                 raise FedsimError(f"unknown {what} {getattr(self, name)!r}: choose one of {', '.join(choices)}")
+        if self.normalize is not None and self.normalize not in NORMALIZATIONS:
+            raise FedsimError(f"unknown --normalize {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
         self.scheme  # noqa: B018  (raises on two schemes at once)
 
 

@@ -64,6 +64,8 @@ def setup(config: Config, model=None, dataset=None) -> Experiment:
     device = resolve_device(config.device)
     if dataset is None:
         options = {} if config.clients is None else {"devices": config.clients}
+        if config.normalize is not None:
+            options["normalize"] = config.normalize
         dataset = load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
     partition = partition_for_config(config, dataset)
     dataset.to(device)

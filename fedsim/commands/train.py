@@ -68,6 +68,10 @@ def train(
     client_test_fraction: ClientTestFractionOpt = None,
     partition_seed: PartitionSeedOpt = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K.", rich_help_panel=_DATA)] = "auto",
+    normalize: Annotated[str | None, typer.Option(
+        help="Pixel scaling of digits and the image datasets: standard (per-channel mean/std), symmetric ([-1, 1], "
+             "PFLlib), unit ([0, 1], McMahan et al.). Default: standard (digits: symmetric).",
+        rich_help_panel=_DATA)] = None,
     model: Annotated[str, typer.Option(help="mlp, cnn, cnn-bn, fedavgcnn, lenet5, logreg, or any torchvision "
                                        "classifier (resnet18, mobilenet_v3_small, vit_b_16, ...).",
                                        rich_help_panel=_ALGO)] = "mlp",

@@ -81,13 +81,14 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("FEDSIM_DATA", "./data"))
 
 
-def _load_digits(data_dir: Path, download: bool, **_) -> Dataset:
+def _load_digits(data_dir: Path, download: bool, normalize: str | None = None, **_) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes): needs no files.
 
     Read as `sklearn.datasets.load_digits` reads it (`datasets/data/digits.csv.gz`: 64 pixel columns,
     then the label), without importing sklearn: `sklearn.datasets` alone takes over a second to import.
     A fixed stratified split (every 5th sample of each class to test: 1,442 train / 355 test) keeps it
-    reproducible.
+    reproducible. Pixels (0..16) are scaled to [-1, 1] unless `normalize` says otherwise ("standard": the
+    train pixels' mean and std, "unit": [0, 1]).
     """
     import importlib.util
 
@@ -102,13 +103,16 @@ def _load_digits(data_dir: Path, download: bool, **_) -> Dataset:
             table = np.loadtxt(f, delimiter=",")
     except OSError as e:
         raise FedsimError(f"cannot read scikit-learn's digits file {path}: {e.strerror or e}") from None
-    x = (table[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0 - 0.5) / 0.5
+    pixels = table[:, :-1].reshape(-1, 8, 8) / 16.0
     y = table[:, -1].astype(np.int64)
     rank_in_class = np.zeros(len(y), dtype=np.int64)
     for c in np.unique(y):
         where = np.flatnonzero(y == c)
         rank_in_class[where] = np.arange(len(where))
     is_test = rank_in_class % 5 == 4
+    own = (pixels[~is_test].mean(),), (pixels[~is_test].std(),)
+    (mean,), (std,) = _scaling(normalize or "symmetric", *own)
+    x = ((pixels - mean) / std).astype(np.float32)
     x = torch.from_numpy(x).unsqueeze(1)
     y = torch.from_numpy(y)
     return Dataset("digits", x[~is_test], y[~is_test], x[is_test], y[is_test], num_classes=10)
@@ -133,7 +137,16 @@ def _load_digits(data_dir: Path, download: bool, **_) -> Dataset:
 #   CIFAR-10       mean (0.4914, 0.4822, 0.4465)  std (0.2470, 0.2435, 0.2616)
 #   CIFAR-100      mean (0.5071, 0.4865, 0.4409)  std (0.2673, 0.2564, 0.2762)
 # (CIFAR stds are the std over all pixels, not the often-copied (0.2023, 0.1994, 0.2010), which is the
-# mean of per-image stds.)
+# mean of per-image stds.) That is `normalize="standard"`, the default; papers often feed other ranges:
+# "symmetric" is [-1, 1] (pixel / 127.5 - 1, PFLlib's MNIST), "unit" is [0, 1] (pixel / 255, McMahan et al.).
+NORMALIZATIONS = ("standard", "symmetric", "unit")
+
+
+def _scaling(mode: str | None, mean: tuple[float, ...], std: tuple[float, ...]):
+    """The (mean, std) that `_normalize` uses for `mode` (None: "standard", the dataset's own mean and std)."""
+    channels = len(mean)
+    return {None: (mean, std), "standard": (mean, std), "symmetric": ((0.5,) * channels, (0.5,) * channels),
+            "unit": ((0.0,) * channels, (1.0,) * channels)}[mode]
 
 
 @dataclass(frozen=True)
@@ -315,7 +328,7 @@ def _normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ..
     return torch.from_numpy(out)
 
 
-def _load_image_dataset(spec: _ImageSpec, data_dir: Path, download: bool) -> Dataset:
+def _load_image_dataset(spec: _ImageSpec, data_dir: Path, download: bool, normalize: str | None = None) -> Dataset:
     import torch
 
     folder = data_dir / spec.folder
@@ -347,17 +360,18 @@ def _load_image_dataset(spec: _ImageSpec, data_dir: Path, download: bool) -> Dat
         if len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
             raise _corrupt(spec, where, f"labels span {labels.min()}..{labels.max()}, expected "
                                         f"0..{spec.num_classes - 1}")
-        splits += [_normalize(images, spec.mean, spec.std), torch.from_numpy(labels)]
+        splits += [_normalize(images, *_scaling(normalize, spec.mean, spec.std)), torch.from_numpy(labels)]
+    mean, std = _scaling(normalize, spec.mean, spec.std)
     info = {"folder": str(folder), "files": [str(paths[f]) for f in spec.files],
-            "mean": list(spec.mean), "std": list(spec.std)}
+            "normalize": normalize or "standard", "mean": list(mean), "std": list(std)}
     if spec.tv_kwargs:
         info.update(dict(spec.tv_kwargs))
     return Dataset(spec.name, *splits, num_classes=spec.num_classes, info=info)
 
 
 def _image_loader(name: str):
-    def load(data_dir: Path, download: bool, **_) -> Dataset:
-        return _load_image_dataset(_IMAGE_SPECS[name], data_dir, download)
+    def load(data_dir: Path, download: bool, normalize: str | None = None, **_) -> Dataset:
+        return _load_image_dataset(_IMAGE_SPECS[name], data_dir, download, normalize)
 
     load.__name__ = load.__qualname__ = f"_load_{name.replace('-', '_')}"
     load.__doc__ = f"{name} from torchvision's layout under data_dir ({_IMAGE_SPECS[name].folder}/)."
@@ -534,7 +548,8 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, devic
     folder of images or an .npz file loads that (fedsim/data/paths.py).
     Options (None means not given): `seed`, `devices` (used by the synthetic datasets, `seed` also by an
     image folder's test split; ignored by the others), `alpha`, `beta`, `iid` (synthetic only),
-    `image_size`, `test_fraction`, `normalize` (a folder of images only).
+    `image_size`, `test_fraction` (a folder of images only), `normalize` (a folder of images: True/False; digits and
+    the image datasets by name: one of NORMALIZATIONS, None for their usual scaling).
     """
     from fedsim.data.paths import dataset_path, load_path
 
@@ -548,7 +563,13 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, devic
     key = "".join(name.split()).lower() if isinstance(name, str) else None
     path = None if key is None or _ALIASES.get(key, key) in LOADERS or _SYNTHETIC_NAME.fullmatch(key) \
         else dataset_path(name)
+    mode = options.get("normalize")
+    if isinstance(mode, str) and mode not in NORMALIZATIONS:
+        raise FedsimError(f"unknown --normalize {mode!r}: choose one of {', '.join(NORMALIZATIONS)}")
     if path is not None:
+        if isinstance(mode, str):
+            raise FedsimError(f"--normalize {mode} applies to digits and the image datasets by name "
+                              f"({', '.join(_IMAGE_SPECS)}), not to {name}")
         misplaced = sorted(set(options) & _SYNTHETIC_OPTIONS)
         if misplaced:
             raise FedsimError(f"dataset {name}: option(s) {', '.join(misplaced)} apply only to the synthetic "
@@ -556,6 +577,13 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, devic
         return load_path(path, root, **options).to(device)
     key, options = _resolve(name, options)
     own = _SYNTHETIC_OPTIONS if key.startswith("synthetic") else set()
+    if "normalize" in options:
+        if key != "digits" and key not in _IMAGE_SPECS:
+            raise FedsimError(f"--normalize applies to digits and the image datasets ({', '.join(_IMAGE_SPECS)}), "
+                              f"not to {key}: its inputs are not pixels")
+        if not isinstance(mode, str):
+            raise FedsimError(f"dataset {key}: normalize must be one of {', '.join(NORMALIZATIONS)} (got {mode!r})")
+        own = own | {"normalize"}
     for group, owner in ((_SYNTHETIC_OPTIONS, "the synthetic datasets"), (_FOLDER_OPTIONS, "a folder of images")):
         misplaced = sorted(set(options) & group - own)
         if misplaced:
