@@ -3,6 +3,7 @@
     jobs     = algorithm.client_job(...) for each client of the cohort   (what each client starts from)
     results  = executor.train(phases, jobs)                             (local training, any executor)
     sent     = algorithm.client_finish(...) for each result              (what the client keeps and sends)
+    sent     = transform(sent, server, round) for each of `transforms`   (attacks, local DP: what goes up)
     server   = algorithm.aggregate(server, sent)                         (the server update)
 
 The algorithm is duck-typed (the hooks of fedsim.algorithms.fedavg.FedAvg): the engine never imports one.
@@ -11,6 +12,7 @@ The algorithm is duck-typed (the hooks of fedsim.algorithms.fedavg.FedAvg): the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fedsim.core.hooks import ClientResult, ClientStore, ServerState
@@ -35,15 +37,19 @@ class RunRound:
     cohort: object  # client ids
     rows: int = 0
     seed: int | None = None
+    transforms: Sequence[Callable] = ()  # f(sent, server, round) -> sent, in order, after client_finish
 
 
 def run_round(algorithm, executor, server: ServerState, store: ClientStore, cohort, round: int,
-              lr: float) -> RoundResult:
+              lr: float, transforms: Sequence[Callable] = ()) -> RoundResult:
     """Train `cohort` (client ids) from `server` and aggregate; `store` gets the clients' kept state.
+    `transforms`, each `f(sent, server, round) -> sent`, change what the clients send, in order, after
+    `client_finish` (a malicious client's attack, local differential privacy's noise).
 
     Raises DivergenceError naming the round and the client when a loss or a weight becomes NaN/inf.
     """
-    (outcome,) = run_stacked_round(executor, [RunRound(algorithm, server, store, cohort)], round, lr)
+    (outcome,) = run_stacked_round(executor, [RunRound(algorithm, server, store, cohort, transforms=transforms)],
+                                   round, lr)
     if isinstance(outcome, DivergenceError):
         raise outcome
     return outcome
@@ -77,6 +83,8 @@ def _finish(run: RunRound, results: list[ClientResult], round: int, lr: float) -
         if not math.isfinite(res.loss) or not is_finite(res.states[-1], res.states[-1]):
             diverged(round, res.client, res.last_finite_loss, lr)
     sent = [run.algorithm.client_finish(run.server, run.store, res) for res in results]
+    for transform in run.transforms:
+        sent = transform(sent, run.server, round)
     server = run.algorithm.aggregate(run.server, sent)
     if not is_finite(server.model, server.model):
         diverged(round, None, float("nan"), lr)
