@@ -22,8 +22,8 @@ from fedsim.algorithms import algorithm_class
 from fedsim.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from fedsim.config import Config
 from fedsim.core import rng
-from fedsim.core.hooks import ClientStore, ModelKeys
-from fedsim.core.state import model_state
+from fedsim.core.hooks import ClientJob, ClientStore, ModelKeys
+from fedsim.core.state import clone, model_state
 from fedsim.engine.evaluate import personal_summary, predict
 from fedsim.engine.executors import make_executor
 from fedsim.engine.local import ClientData, LocalSpec
@@ -51,10 +51,11 @@ class Experiment:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
 
 
-def setup(config: Config, model=None, dataset=None) -> Experiment:
+def setup(config: Config, model=None, dataset=None, executor_factory=make_executor) -> Experiment:
     """Build the experiment. `model`: an nn.Module (its weights are the initial model) or a factory
     `f(input_shape, num_classes)`, instead of `config.model`; `dataset`: a fedsim Dataset instead of
-    `config.dataset` (see `run`)."""
+    `config.dataset` (see `run`); `executor_factory`: engine.executors.make_executor's signature (a sweep
+    passes one that trains its runs together)."""
     from fedsim.data.datasets import load_dataset
     from fedsim.data.partition_build import partition_for_config
     from fedsim.device import resolve_device
@@ -98,7 +99,7 @@ def setup(config: Config, model=None, dataset=None) -> Experiment:
     spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
                      config.seed)
     algorithm.attach(model, data)
-    executor = make_executor(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile,
+    executor = executor_factory(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile,
                              config.threads)
     executor.threads.apply()
     return Experiment(config, device, dataset, partition, model, keys, algorithm, executor)
@@ -112,16 +113,41 @@ def _user_model(model, dataset) -> torch.nn.Module:
                          dataset.input_shape, dataset.num_classes)
 
 
-def evaluate(exp: Experiment, server, store) -> dict:
+# Personalization before evaluation draws its batches from generators keyed by (seed, this + round, client): a key
+# no training round uses, so a client's fine-tuning does not repeat the batch order of its training that round.
+PERSONALIZATION_KEY = 1 << 32
+
+
+def personalized_models(exp: Experiment, server, store, round: int, lr: float) -> dict[int, dict]:
+    """Each client's model after the algorithm's `personalization_phases()` (FedBABU's fine-tuning), trained by the
+    executor from the model the client uses (`personal_model`, else the global one) for this evaluation only:
+    nothing trained here is kept. Empty where the algorithm has no such phases (a hook only some algorithms define).
+    Clients without training data or test slice are left out."""
+    algo, part = exp.algorithm, exp.partition
+    phases = algo.personalization_phases() if hasattr(algo, "personalization_phases") else []
+    if not phases:
+        return {}
+    jobs = []
+    for c in range(part.num_clients):
+        if part.train_sizes[c] > 0 and len(part.test_indices(c)):
+            own = algo.personal_model(server, store, c)
+            jobs.append(ClientJob(c, clone(server.model if own is None else own), {}))
+    return {r.client: r.states[-1] for r in exp.executor.train(phases, jobs, PERSONALIZATION_KEY + round, lr)}
+
+
+def evaluate(exp: Experiment, server, store, round: int, lr: float) -> dict:
+    """The global model on the test split, and each client's own model (after the algorithm's personalization
+    phases, if any: see `personalized_models`) on its test slice; `lr` is the round's client learning rate."""
     ds, part, algo = exp.dataset, exp.partition, exp.algorithm
     losses, correct = predict(exp.model, server.model, ds.x_test, ds.y_test)
     from_test = part.meta.get("client_test_source", "test") == "test"
     x, y = (ds.x_test, ds.y_test) if from_test else (ds.x_train, ds.y_train)
     per_client = []
     global_correct = correct.cpu().numpy() if from_test else None
+    tuned = personalized_models(exp, server, store, round, lr)
     for c in range(part.num_clients):
         idx = part.test_indices(c)
-        state = algo.personal_model(server, store, c)
+        state = tuned[c] if c in tuned else algo.personal_model(server, store, c)
         if state is None and global_correct is not None:
             per_client.append(global_correct[idx])
             continue
@@ -169,7 +195,8 @@ def run_record(exp: Experiment) -> dict:
     }
 
 
-def run(config: Config | None = None, *, model=None, dataset=None, resume=None, on_round=None, **overrides):
+def run(config: Config | None = None, *, model=None, dataset=None, resume=None, on_round=None,
+        executor_factory=make_executor, **overrides):
     """Run one experiment; returns the per-round metrics as a pandas DataFrame.
 
     `model`: your own `nn.Module` (its weights are the run's initial model; fedsim trains a copy) or a factory
@@ -185,6 +212,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     has already completed its rounds is left as it is.
 
     `on_round(row, total_rounds)` is called after each evaluated round (the CLI's progress bar).
+    `executor_factory`: see `setup` (fedsim.sweep trains a stack of runs together through it).
     Raises FedsimError on bad input and DivergenceError (rows written so far stay) on NaN/inf.
     """
     import pandas as pd
@@ -204,7 +232,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
             return pd.DataFrame(read_rows(checkpoint.path.with_suffix(".csv"), checkpoint.round)[1])
     if dataset is not None:
         config = dataclasses.replace(config, dataset=dataset.name)
-    exp = setup(config, model=model, dataset=dataset)
+    exp = setup(config, model=model, dataset=dataset, executor_factory=executor_factory)
     partition_sha256 = exp.partition.meta.get("sha256")
     if checkpoint is None:
         start = Progress(0, exp.algorithm.init_server(model_state(exp.model)), {})
@@ -297,7 +325,7 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress):
             row = {"round": r, "clients": len(result.sent),
                    "train_loss": float(np.average([x.loss for x in result.sent],
                                                   weights=[x.num_samples for x in result.sent])),
-                   **evaluate(exp, server, store),
+                   **evaluate(exp, server, store, r, lr),
                    "bytes_up": sent_up, "bytes_down": sent_down}
             sent_up = sent_down = 0
             now = time.perf_counter()
