@@ -56,7 +56,6 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     `f(input_shape, num_classes)`, instead of `config.model`; `dataset`: a fedsim Dataset instead of
     `config.dataset` (see `run`); `executor_factory`: engine.executors.make_executor's signature (a sweep
     passes one that trains its runs together)."""
-    from fedsim.data.datasets import load_dataset
     from fedsim.data.partition_build import partition_for_config
     from fedsim.device import resolve_device
     from fedsim.models import bn_state_keys, build_model, find_head, split_state_keys
@@ -64,10 +63,7 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     config.validate()
     device = resolve_device(config.device)
     if dataset is None:
-        options = {} if config.clients is None else {"devices": config.clients}
-        if config.normalize is not None:
-            options["normalize"] = config.normalize
-        dataset = load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
+        dataset = load_config_dataset(config)
     partition = partition_for_config(config, dataset)
     dataset.to(device)
     eligible = int((partition.train_sizes > 0).sum())
@@ -102,7 +98,23 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     executor = executor_factory(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile,
                              config.threads)
     executor.threads.apply()
-    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor)
+    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, robust.malicious,
+                      robust.transforms)
+
+
+def cohort_size(config: Config, eligible: int) -> int:
+    """Clients per round: max(round(fraction x clients with data), min_clients), at most those clients."""
+    return min(max(round(config.fraction * eligible), config.min_clients, 1), eligible)
+
+
+def load_config_dataset(config: Config):
+    """The dataset `config` names, with its loading options, on the CPU (setup moves it to the device)."""
+    from fedsim.data.datasets import load_dataset
+
+    options = {} if config.clients is None else {"devices": config.clients}
+    if config.normalize is not None:
+        options["normalize"] = config.normalize
+    return load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
 
 
 def _user_model(model, dataset) -> torch.nn.Module:
