@@ -20,6 +20,7 @@ from fedsim.algorithms import ALGORITHMS, algorithm_options
 from fedsim.core.params import Range, check_value
 from fedsim.data.schemes import SCHEMES
 from fedsim.errors import FedsimError
+from fedsim.robust import check_options as check_robust_options
 
 EXECUTORS = ("auto", "sequential", "vmap")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -54,6 +55,14 @@ class GeneralOptions:
     bn: str = "global"                   # global: BN state averaged; local: kept per client (FedBN)
     head: str | None = None              # personalized FL: head module name(s), comma-separated
     freeze_base: bool = False            # personalized FL: train only the head locally (frozen backbone)
+    # --- robust aggregation and attacks (fedsim.robust) -------------------------------------
+    aggregate: str = "mean"              # mean | median | trimmed-mean | krum | multi-krum
+    trim_fraction: float | None = None   # trimmed-mean: drop this fraction at each end (default 0.1)
+    krum_f: int | None = None            # krum, multi-krum: attackers assumed per round (default (n - 3) // 2)
+    krum_m: int | None = None            # multi-krum: models averaged (default n - f)
+    malicious_fraction: float = 0.0      # this fraction of the clients (a fixed subset) attacks
+    attack: str | None = None            # label-flip | sign-flip | gaussian | scale
+    attack_scale: float | None = None    # sign-flip, scale: update factor; gaussian: noise std (default 4)
     # --- rounds and clients per round -------------------------------------------------------
     rounds: int = 20
     fraction: float = 1.0                # clients per round = max(round(fraction * N), min_clients)
@@ -127,6 +136,7 @@ class GeneralOptions:
                 raise FedsimError(f"unknown {what} {getattr(self, name)!r}: choose one of {', '.join(choices)}")
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:
             raise FedsimError(f"unknown --normalize {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
+        check_robust_options(self)
         self.scheme  # noqa: B018  (raises on two schemes at once)
 
 
@@ -139,6 +149,8 @@ RANGES = {
     "threads": Range(1), "cohort_chunk": Range(1), "min_size": Range(0), "shards": Range(1), "labels": Range(1),
     "dirichlet": Range(0, low_open=True), "quantity_skew": Range(0, low_open=True),
     "client_test_fraction": Range(0, 1, low_open=True, high_open=True),
+    "trim_fraction": Range(0, 0.5, high_open=True), "krum_f": Range(0), "krum_m": Range(1),
+    "malicious_fraction": Range(0, 1), "attack_scale": Range(0, low_open=True),
 }
 
 

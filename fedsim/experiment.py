@@ -30,7 +30,8 @@ from fedsim.engine.local import ClientData, LocalSpec
 from fedsim.engine.optim import OptimizerSpec
 from fedsim.engine.round import run_round
 from fedsim.errors import DivergenceError, FedsimError
-from fedsim.metrics import RunWriter, read_rows
+from fedsim.metrics import CSV_COLUMNS, RunWriter, read_rows
+from fedsim.robust.install import install_robustness
 from fedsim.version import __version__
 
 
@@ -46,6 +47,8 @@ class Experiment:
     keys: ModelKeys
     algorithm: object
     executor: object
+    malicious: np.ndarray | None = None  # the attacking clients (--attack), None: no attack
+    transforms: tuple = ()  # run_round's changes to what the clients send (a model attack)
 
     def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
@@ -86,9 +89,11 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     keys = ModelKeys(params=[k for k, _ in model.named_parameters()],
                      buffers=[k for k, _ in model.named_buffers()], bn=list(bn_state_keys(model)), head=head)
     algorithm = algo_cls(config, keys, partition.num_clients)
+    robust = install_robustness(config, algorithm, partition, dataset.y_train, dataset.num_classes,
+                                cohort_size(config, eligible))
 
     # the partition is already CSR: one index array plus offsets (copied: its arrays are read-only)
-    data = ClientData(dataset.x_train, dataset.y_train, torch.tensor(partition.train_index, device=device),
+    data = ClientData(dataset.x_train, robust.labels, torch.tensor(partition.train_index, device=device),
                       partition.train_offsets)
     optimizer = OptimizerSpec(config.optimizer, config.lr, config.momentum, config.nesterov,
                               config.weight_decay, tuple(config.betas))
@@ -203,6 +208,7 @@ def run_record(exp: Experiment) -> dict:
                   "initial_sha256": weights_sha256(model_state(exp.model))},
         "executor": {"name": exp.executor.name, "reason": getattr(exp.executor, "reason", ""),
                      "threads": exp.executor.threads.describe()},
+        **({} if exp.malicious is None else {"malicious_clients": exp.malicious.tolist()}),
         "status": "running",
     }
 
@@ -255,7 +261,8 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     else:
         start = checkpoint.progress.to(exp.device)
     writer = RunWriter(config.out_dir, config.run_name(), config.overwrite, run_record(exp),
-                       resume_round=None if checkpoint is None else checkpoint.round)
+                       resume_round=None if checkpoint is None else checkpoint.round,
+                       columns=CSV_COLUMNS + ([] if exp.malicious is None else ["malicious"]))
     done, saved = start, start.round  # the last completed round, and the last checkpointed one
 
     def save(progress: Progress) -> int:
@@ -322,13 +329,13 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress):
     server = start.server
     store = ClientStore(algo.personal_initial(model_state(exp.model)), start.clients)
     eligible = np.flatnonzero(part.train_sizes > 0)
-    cohort_size = min(max(round(config.fraction * len(eligible)), config.min_clients, 1), len(eligible))
+    size = cohort_size(config, len(eligible))
     started = time.perf_counter() - start.elapsed_seconds
     sent_up, sent_down = start.bytes_up, start.bytes_down  # since the last written row: --eval-every drops none
     for r in range(start.round + 1, config.rounds + 1):
         round_start = time.perf_counter()
         lr = config.lr * config.lr_decay ** (r - 1)
-        result = run_round(algo, exp.executor, server, store, exp.cohort(r, eligible, cohort_size), r, lr)
+        result = run_round(algo, exp.executor, server, store, exp.cohort(r, eligible, size), r, lr, exp.transforms)
         server = result.server
         sent_up += len(result.sent) * algo.bytes_up(server)
         sent_down += len(result.sent) * algo.bytes_down(server)
@@ -340,6 +347,8 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress):
                    **evaluate(exp, server, store, r, lr),
                    "bytes_up": sent_up, "bytes_down": sent_down}
             sent_up = sent_down = 0
+            if exp.malicious is not None:
+                row["malicious"] = int(np.isin([x.client for x in result.sent], exp.malicious).sum())
             now = time.perf_counter()
             row["round_seconds"] = now - round_start
             row["elapsed_seconds"] = now - started

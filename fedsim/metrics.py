@@ -16,6 +16,7 @@ Columns, one row per evaluated round (accuracies are fractions in [0, 1]):
                              (this round, unless --eval-every skips rows)
     round_seconds            wall time of this round (training + evaluation)
     elapsed_seconds          wall time since the run started (setup excluded)
+    malicious                (runs with --attack only) malicious clients in this round's cohort (fedsim.robust)
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ CSV_COLUMNS = [
     "elapsed_seconds",
 ]
 TIME_COLUMNS = ("round_seconds", "elapsed_seconds")
-INT_COLUMNS = ("round", "clients", "bytes_up", "bytes_down")
+INT_COLUMNS = ("round", "clients", "bytes_up", "bytes_down", "malicious")
 
 
 class RunWriter:

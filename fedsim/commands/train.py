@@ -46,6 +46,7 @@ _DATA = "Data"
 _ALGO = "Model and algorithm"
 _ROUNDS = "Rounds and local training"
 _RUN = "Run and output"
+_ROBUST = "Robust aggregation and attacks"
 
 
 def train(
@@ -87,6 +88,25 @@ def train(
                                              rich_help_panel=_ALGO)] = False,
     freeze_base: Annotated[bool, typer.Option("--freeze-base", help="Personalized FL: train only the head "
                                               "locally (frozen backbone).", rich_help_panel=_ALGO)] = False,
+    aggregate: Annotated[str, typer.Option(help="Server average of the clients' models: mean (the algorithm's own), "
+                                           "median, trimmed-mean (coordinate-wise, Yin et al. 2018), krum, "
+                                           "multi-krum (Blanchard et al. 2017).", rich_help_panel=_ROBUST)] = "mean",
+    trim_fraction: Annotated[float | None, typer.Option(help="trimmed-mean: drop this fraction of the values at "
+                                                        "each end, in [0, 0.5) (default 0.1).",
+                                                        rich_help_panel=_ROBUST)] = None,
+    krum_f: Annotated[int | None, typer.Option(help="krum, multi-krum: attackers assumed per round; needs clients "
+                                               "per round >= 2f + 3 (default: the most that allows).",
+                                               rich_help_panel=_ROBUST)] = None,
+    krum_m: Annotated[int | None, typer.Option(help="multi-krum: models averaged (default: clients per round - f).",
+                                               rich_help_panel=_ROBUST)] = None,
+    malicious_fraction: Annotated[float, typer.Option(help="This fraction of the clients (a fixed subset drawn from "
+                                                      "--seed) attacks whenever sampled; needs --attack.",
+                                                      rich_help_panel=_ROBUST)] = 0.0,
+    attack: Annotated[str | None, typer.Option(help="label-flip (trains on labels C-1-y), sign-flip (sends its update "
+                                               "times -s), scale (times s), gaussian (sends s x N(0, 1) noise).",
+                                               rich_help_panel=_ROBUST)] = None,
+    attack_scale: Annotated[float | None, typer.Option(help="s of sign-flip, scale, gaussian (default 4).",
+                                                       rich_help_panel=_ROBUST)] = None,
     rounds: Annotated[int, typer.Option(help="Communication rounds.", rich_help_panel=_ROUNDS)] = 20,
     fraction: Annotated[float, typer.Option(help="Fraction of clients trained per round, in (0, 1].",
                                             rich_help_panel=_ROUNDS)] = 1.0,
