@@ -139,16 +139,20 @@ def personalized_models(exp: Experiment, server, store, round: int, lr: float) -
     """Each client's model after the algorithm's `personalization_phases()` (FedBABU's fine-tuning), trained by the
     executor from the model the client uses (`personal_model`, else the global one) for this evaluation only:
     nothing trained here is kept. Empty where the algorithm has no such phases (a hook only some algorithms define).
-    Clients without training data or test slice are left out."""
+    An algorithm's `personalization_job(server, store, job)`, where defined, returns the job changed (its start,
+    context or local work: Per-FedAvg's one step, pFedMe's proximal steps). Clients without training data or test
+    slice are left out."""
     algo, part = exp.algorithm, exp.partition
     phases = algo.personalization_phases() if hasattr(algo, "personalization_phases") else []
     if not phases:
         return {}
+    adjust = getattr(algo, "personalization_job", None)
     jobs = []
     for c in range(part.num_clients):
         if part.train_sizes[c] > 0 and len(part.test_indices(c)):
             own = algo.personal_model(server, store, c)
-            jobs.append(ClientJob(c, clone(server.model if own is None else own), {}))
+            job = ClientJob(c, clone(server.model if own is None else own), {})
+            jobs.append(job if adjust is None else adjust(server, store, job))
     return {r.client: r.states[-1] for r in exp.executor.train(phases, jobs, PERSONALIZATION_KEY + round, lr)}
 
 
@@ -335,10 +339,11 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress):
     for r in range(start.round + 1, config.rounds + 1):
         round_start = time.perf_counter()
         lr = config.lr * config.lr_decay ** (r - 1)
+        down = algo.bytes_down(server)  # the cohort receives the server's state from before the round
         result = run_round(algo, exp.executor, server, store, exp.cohort(r, eligible, size), r, lr, exp.transforms)
         server = result.server
-        sent_up += len(result.sent) * algo.bytes_up(server)
-        sent_down += len(result.sent) * algo.bytes_down(server)
+        sent_up += bytes_sent_up(algo, server, result.sent)
+        sent_down += len(result.sent) * down
         row = None
         if r % config.eval_every == 0 or r == config.rounds:
             row = {"round": r, "clients": len(result.sent),
@@ -354,6 +359,13 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress):
             row["elapsed_seconds"] = now - started
             writer.append(row)
         yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started), row
+
+
+def bytes_sent_up(algo, server, sent) -> int:
+    """Bytes the cohort sent the server: the algorithm's count per client where it defines one (FedProto's
+    prototypes, as many as the client's classes), else `bytes_up` for each client."""
+    per_client = getattr(algo, "bytes_up_of", None)
+    return sum(per_client(server, r) for r in sent) if per_client else len(sent) * algo.bytes_up(server)
 
 
 def compile_seconds() -> float:
