@@ -197,11 +197,15 @@ def test_image_folder_with_test_split_uneven_classes_and_a_gray_rgb_mix(tmp_path
     assert torch.allclose(ds.x_train.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
 
 
-def test_an_all_gray_folder_is_one_channel_and_normalize_false_keeps_pixels_over_255(tmp_path):
+@pytest.mark.parametrize("mode, low, high", [("unit", 0, 1), ("symmetric", -1, 1)])
+def test_an_all_gray_folder_is_one_channel_and_takes_the_normalize_modes(tmp_path, mode, low, high):
     write_images(tmp_path, {"a": 4, "b": 4}, colour_every=0)
-    ds = load_dataset(str(tmp_path), test_fraction=0.25, normalize=False)
-    assert ds.x_train.shape[1] == 1 and ds.info["mode"] == "L"
-    assert float(ds.x_train.min()) >= 0 and float(ds.x_train.max()) <= 1
+    ds = load_dataset(str(tmp_path), test_fraction=0.25, normalize=mode)
+    assert ds.x_train.shape[1] == 1 and ds.info["mode"] == "L" and ds.info["normalize"] == mode
+    assert low <= float(ds.x_train.min()) < low + 0.05 and high - 0.05 < float(ds.x_train.max()) <= high
+    with pytest.raises(FedsimError) as e:
+        load_dataset(str(tmp_path), normalize="zscore")
+    assert "standard, symmetric, unit" in one_line(e)
 
 
 def test_class_folders_only_take_a_stratified_seeded_test_fraction(tmp_path):

@@ -548,8 +548,8 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, devic
     folder of images or an .npz file loads that (fedsim/data/paths.py).
     Options (None means not given): `seed`, `devices` (used by the synthetic datasets, `seed` also by an
     image folder's test split; ignored by the others), `alpha`, `beta`, `iid` (synthetic only),
-    `image_size`, `test_fraction` (a folder of images only), `normalize` (a folder of images: True/False; digits and
-    the image datasets by name: one of NORMALIZATIONS, None for their usual scaling).
+    `image_size`, `test_fraction` (a folder of images only), `normalize` (digits, the image datasets and a folder
+    of images: one of NORMALIZATIONS, None for their usual scaling).
     """
     from fedsim.data.paths import dataset_path, load_path
 
@@ -564,12 +564,9 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, devic
     path = None if key is None or _ALIASES.get(key, key) in LOADERS or _SYNTHETIC_NAME.fullmatch(key) \
         else dataset_path(name)
     mode = options.get("normalize")
-    if isinstance(mode, str) and mode not in NORMALIZATIONS:
+    if mode is not None and mode not in NORMALIZATIONS:
         raise FedsimError(f"unknown --normalize {mode!r}: choose one of {', '.join(NORMALIZATIONS)}")
     if path is not None:
-        if isinstance(mode, str):
-            raise FedsimError(f"--normalize {mode} applies to digits and the image datasets by name "
-                              f"({', '.join(_IMAGE_SPECS)}), not to {name}")
         misplaced = sorted(set(options) & _SYNTHETIC_OPTIONS)
         if misplaced:
             raise FedsimError(f"dataset {name}: option(s) {', '.join(misplaced)} apply only to the synthetic "
@@ -579,10 +576,8 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, devic
     own = _SYNTHETIC_OPTIONS if key.startswith("synthetic") else set()
     if "normalize" in options:
         if key != "digits" and key not in _IMAGE_SPECS:
-            raise FedsimError(f"--normalize applies to digits and the image datasets ({', '.join(_IMAGE_SPECS)}), "
-                              f"not to {key}: its inputs are not pixels")
-        if not isinstance(mode, str):
-            raise FedsimError(f"dataset {key}: normalize must be one of {', '.join(NORMALIZATIONS)} (got {mode!r})")
+            raise FedsimError(f"--normalize applies to digits, the image datasets ({', '.join(_IMAGE_SPECS)}) and "
+                              f"folders of images, not to {key}: its inputs are not pixels")
         own = own | {"normalize"}
     for group, owner in ((_SYNTHETIC_OPTIONS, "the synthetic datasets"), (_FOLDER_OPTIONS, "a folder of images")):
         misplaced = sorted(set(options) & group - own)

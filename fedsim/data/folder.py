@@ -10,7 +10,8 @@ Classes are the sorted union of the class folder names (label = position). Image
 in a thread pool and converted to one mode for the whole dataset: RGB if any image is colour, else L
 (grayscale). `image_size=(H, W)` resizes every image (bilinear); without it all images must have one size.
 Inputs are (pixel / 255 - mean) / std per channel, mean and std over the train split's pixels
-(`normalize=False`: pixel / 255).
+(`normalize="standard"`, the default), or the other NORMALIZATIONS of the named image datasets: "symmetric"
+([-1, 1]) and "unit" ([0, 1]).
 
 The decoded uint8 tensors are cached in `PATH/.fedsim-cache/` (else, when PATH is not writable,
 `<data_dir>/.fedsim-cache/`), keyed by a hash of the file list, sizes, modification times and image_size:
@@ -183,11 +184,11 @@ def _stratified_test(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
 
 
 def load_image_folder(path: str | Path, data_dir: str | Path, image_size=None, test_fraction: float | None = None,
-                      seed: int | None = None, normalize: bool = True):
+                      seed: int | None = None, normalize: str | None = None):
     """The Dataset of an image folder (see the module docstring)."""
     import torch
 
-    from fedsim.data.datasets import Dataset, _normalize
+    from fedsim.data.datasets import Dataset, _normalize, _scaling
 
     path = Path(path)
     size = _image_size(image_size)
@@ -219,18 +220,16 @@ def load_image_folder(path: str | Path, data_dir: str | Path, image_size=None, t
     train, test = images[~is_test], images[is_test]
     if not len(test):
         raise FedsimError(f"image folder {path}: the test split is empty; add test images or raise --test-fraction")
-    if normalize:
-        # from each channel's histogram of pixel values: exact, and no float copy of the images
-        counts = np.stack([np.bincount(train[:, c].ravel(), minlength=256) for c in range(train.shape[1])])
-        values = np.arange(256) / 255.0
-        mean = counts @ values / counts.sum(axis=1)
-        var = counts @ values**2 / counts.sum(axis=1) - mean**2
-        mean, std = tuple(mean.tolist()), tuple(np.sqrt(np.maximum(var, 1e-16)).tolist())
-    else:
-        mean, std = (0.0,) * train.shape[1], (1.0,) * train.shape[1]
+    # the train split's mean and std from each channel's histogram of pixel values: exact, no float copy of the images
+    counts = np.stack([np.bincount(train[:, c].ravel(), minlength=256) for c in range(train.shape[1])])
+    values = np.arange(256) / 255.0
+    own_mean = counts @ values / counts.sum(axis=1)
+    own_std = np.sqrt(np.maximum(counts @ values**2 / counts.sum(axis=1) - own_mean**2, 1e-16))
+    mean, std = _scaling(normalize, tuple(own_mean.tolist()), tuple(own_std.tolist()))
     info = {"folder": str(path.resolve()), "classes": classes, "layout": "train/test" if given else "classes",
             "test_fraction": None if given else test_fraction, "mode": "RGB" if images.shape[1] == 3 else "L",
-            "image_size": list(images.shape[2:]), "mean": list(mean), "std": list(std), "images": len(files),
+            "image_size": list(images.shape[2:]), "normalize": normalize or "standard", "mean": list(mean),
+            "std": list(std), "images": len(files),
             "cache": str(cache_file) if cache_file else None, "cache_hit": cache_hit}
     return Dataset(path.name, _normalize(train, mean, std), torch.from_numpy(labels[~is_test]),
                    _normalize(test, mean, std), torch.from_numpy(labels[is_test]), num_classes=len(classes),
