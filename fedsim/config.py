@@ -10,6 +10,7 @@ is the one place the options are checked, before anything is loaded or written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
 import types
 import typing
@@ -20,12 +21,14 @@ from fedsim.algorithms import ALGORITHMS, algorithm_options
 from fedsim.core.params import Range, check_value
 from fedsim.data.schemes import SCHEMES
 from fedsim.errors import FedsimError
+from fedsim.privacy.options import check_options as check_privacy_options
 from fedsim.robust import check_options as check_robust_options
 
 EXECUTORS = ("auto", "sequential", "vmap")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 BN_MODES = ("global", "local")
 NORMALIZATIONS = ("standard", "symmetric", "unit")  # fedsim.data.datasets.NORMALIZATIONS
+STRAGGLER_POLICIES = ("drop", "partial")  # fedsim.engine.stragglers.POLICIES
 
 
 @dataclass
@@ -63,6 +66,13 @@ class GeneralOptions:
     malicious_fraction: float = 0.0      # this fraction of the clients (a fixed subset) attacks
     attack: str | None = None            # label-flip | sign-flip | gaussian | scale
     attack_scale: float | None = None    # sign-flip, scale: update factor; gaussian: noise std (default 4)
+    # --- differential privacy (fedsim.privacy): on with --dp-noise or --dp-epsilon ---------------
+    dp_noise: float | None = None        # noise multiplier z: noise std = z x clip norm
+    dp_epsilon: float | None = None      # or the budget: z computed to spend exactly this in --rounds
+    dp_delta: float | None = None        # default 1/N (N = clients with data)
+    dp_clip: str | None = None           # a client update's L2 clip norm C, or 'adaptive' (Andrew et al.)
+    dp_clip_quantile: float = 0.5        # adaptive: the update-norm quantile C tracks
+    dp_mode: str = "central"             # central: the server noises the sum; local: each client its update
     # --- rounds and clients per round -------------------------------------------------------
     rounds: int = 20
     fraction: float = 1.0                # clients per round = max(round(fraction * N), min_clients)
@@ -78,6 +88,10 @@ class GeneralOptions:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     lr_decay: float = 1.0                # lr multiplied by this after every round
+    # --- systems heterogeneity (fedsim/engine/stragglers.py) ----------------------------------
+    stragglers: float = 0.0              # fraction of each round's cohort that straggles
+    straggler_policy: str | None = None  # drop | partial (1..E-1 epochs); None: the algorithm's (FedProx partial)
+    client_dropout: float = 0.0          # probability that a sampled client fails mid-round and sends nothing
     clip: float | None = None            # max global grad norm per step
     executor: str = "auto"               # auto | sequential | vmap
     cohort_chunk: int | None = None      # vmap: clients trained together at most (default: whole cohort)
@@ -118,7 +132,7 @@ class GeneralOptions:
 
     def validate(self) -> None:
         """Every option's type and range, and the combinations that cannot work: one line naming the option."""
-        hints = _hints()
+        hints = field_types()
         for name in FIELDS:
             value = getattr(self, name)
             if not _type_ok(value, hints[name]):
@@ -136,7 +150,11 @@ class GeneralOptions:
                 raise FedsimError(f"unknown {what} {getattr(self, name)!r}: choose one of {', '.join(choices)}")
         if self.normalize is not None and self.normalize not in NORMALIZATIONS:
             raise FedsimError(f"unknown --normalize {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
+        if self.straggler_policy is not None and self.straggler_policy not in STRAGGLER_POLICIES:
+            raise FedsimError(f"unknown --straggler-policy {self.straggler_policy!r}: choose one of "
+                              f"{', '.join(STRAGGLER_POLICIES)}")
         check_robust_options(self)
+        check_privacy_options(self)
         self.scheme  # noqa: B018  (raises on two schemes at once)
 
 
@@ -149,8 +167,12 @@ RANGES = {
     "threads": Range(1), "cohort_chunk": Range(1), "min_size": Range(0), "shards": Range(1), "labels": Range(1),
     "dirichlet": Range(0, low_open=True), "quantity_skew": Range(0, low_open=True),
     "client_test_fraction": Range(0, 1, low_open=True, high_open=True),
+    "stragglers": Range(0, 1), "client_dropout": Range(0, 1, high_open=True),
     "trim_fraction": Range(0, 0.5, high_open=True), "krum_f": Range(0), "krum_m": Range(1),
     "malicious_fraction": Range(0, 1), "attack_scale": Range(0, low_open=True),
+    "dp_noise": Range(0), "dp_epsilon": Range(0, low_open=True),
+    "dp_delta": Range(0, 1, low_open=True, high_open=True),
+    "dp_clip_quantile": Range(0, 1, low_open=True, high_open=True),
 }
 
 
@@ -167,7 +189,9 @@ Config.__doc__ = ("An experiment's options: the general ones (GeneralOptions) an
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def _hints() -> dict:
+@functools.cache
+def field_types() -> dict:
+    """Each Config field's type (`int | None`, ...)."""
     hints = typing.get_type_hints(GeneralOptions)
     hints.update({f.name: f.type for f in dataclasses.fields(Config) if f.name not in hints})
     return hints
@@ -203,12 +227,11 @@ def _describe(hint) -> str:
     return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
-def config_from_toml(path: str | Path) -> dict:
-    """Read a TOML file of option names (dashes or underscores) and return them as Config fields, each of its
-    field's type (checked here, so a wrong type names the file)."""
+def read_toml(path: str | Path) -> dict:
+    """A TOML file's contents, every problem reading it one line."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise FedsimError(f"config file {path} does not exist") from None
     except IsADirectoryError:
@@ -217,13 +240,23 @@ def config_from_toml(path: str | Path) -> dict:
         raise FedsimError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise FedsimError(f"config file {path} is not valid TOML: {e}") from None
-    hints = _hints()
+
+
+def options_from(raw: dict, where: str) -> dict:
+    """Option names (dashes or underscores) and values, as Config fields, each checked against its field's type
+    (so a wrong type names `where`, e.g. the file)."""
+    hints = field_types()
     values = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
         if name not in FIELDS:
-            raise FedsimError(f"config file {path}: unknown option {key!r} (see `fedsim train --help`)")
+            raise FedsimError(f"{where}: unknown option {key!r} (see `fedsim train --help`)")
         if not _type_ok(value, hints[name]):
-            raise FedsimError(f"config file {path}: {key} must be {_describe(hints[name])} (got {value!r})")
+            raise FedsimError(f"{where}: {key} must be {_describe(hints[name])} (got {value!r})")
         values[name] = tuple(value) if name == "betas" else value
     return values
+
+
+def config_from_toml(path: str | Path) -> dict:
+    """Read a TOML file of option names (dashes or underscores) and return them as Config fields."""
+    return options_from(read_toml(path), f"config file {path}")

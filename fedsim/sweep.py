@@ -1,0 +1,441 @@
+"""`fedsim sweep`: a study's grid of runs (algorithms x settings x seeds) in one process, trained together.
+
+The grid is the product of the values given for each option, except that an algorithm's own option (FedProx's
+`mu`, declared in its Params) multiplies only the runs of the algorithms that read it. Every run writes exactly
+the files `fedsim train` would (`<name>.csv`, `.json`, `.ckpt`), with the options that vary in its name, and the
+sweep writes `<sweep>.sweep.json` (the grid, each run's name, options and status).
+
+Runs that differ only in what does not change a local step (the seeds, the partition, the clients per round,
+the rounds) form a *stack*: their cohorts train in one executor call per round (one vmapped step over all their
+clients), each run otherwise going through `fedsim.run` as it would alone, in a thread of its own that runs only
+while the others wait. So each run's CSV is the CSV of the same run started alone. Runs that cannot stack run one
+after another; the data are loaded once and torch is imported once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+import threading
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedsim.algorithms import ALGORITHMS, algorithm_options, options_of
+from fedsim.config import FIELDS, Config, field_types, options_from, read_toml
+from fedsim.errors import DivergenceError, FedsimError
+
+# Options that say where and how a sweep runs, not what a run is: one value for the whole sweep.
+FIXED_ONLY = frozenset({"out_dir", "name", "overwrite", "quiet", "device", "data_dir", "download", "executor",
+                        "threads", "compile", "cohort_chunk"})
+# Options that leave a local step as it is: runs differing only in these train together (their seeds key
+# their own draws, their partitions are index sets into the one copy of the data).
+STACKABLE = frozenset({"seed", "partition_seed", "name", "partition", "clients", "iid", "dirichlet", "shards",
+                       "labels", "quantity_skew", "natural", "min_size", "client_test_fraction", "fraction",
+                       "min_clients", "rounds", "eval_every", "checkpoint_every", "quiet", "overwrite"})
+DEFAULT_MAX_RUNS = 1000
+
+
+@dataclass
+class SweepRun:
+    name: str
+    config: Config
+    varying: dict  # the options that vary across the sweep and this run reads, with its values
+    status: str = "pending"  # pending | finished | running | stopped | diverged | failed
+    detail: str = ""
+    round: int = 0  # the last completed round
+
+
+# --- the grid ----------------------------------------------------------------------------------------------
+
+
+def _split(text: str) -> list[str]:
+    """Comma-separated values; a comma inside parentheses belongs to its value (synthetic(0.5,0.5))."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    parts.append(current.strip())
+    return parts
+
+
+def _base_type(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def parse_values(name: str, text: str) -> list:
+    """The values of option `name` given as text: comma-separated, integers also as ranges A-B (both ends in)."""
+    kind = _base_type(field_types()[name])
+    values = []
+    for part in _split(text):
+        if not part:
+            raise FedsimError(f"--{name.replace('_', '-')}: an empty value in {text!r}")
+        try:
+            if kind is int and re.fullmatch(r"\d+-\d+", part):
+                low, high = (int(v) for v in part.split("-"))
+                if low > high:
+                    raise FedsimError(f"--{name.replace('_', '-')}: the range {part} is empty (write LOW-HIGH)")
+                values.extend(range(low, high + 1))
+            elif kind is int:
+                values.append(int(part))
+            elif kind is float:
+                values.append(float(part))
+            elif kind is bool:
+                values.append({"true": True, "false": False}[part.lower()])
+            else:
+                values.append(part)
+        except (ValueError, KeyError):
+            raise FedsimError(f"--{name.replace('_', '-')}: {part!r} is not {_describe(kind)}") from None
+    return values
+
+
+def _describe(kind) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "a value")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def expand(fixed: dict, grid: dict[str, list], sweep_name: str, max_runs: int = DEFAULT_MAX_RUNS) -> list[SweepRun]:
+    """The runs of the grid: `fixed` options (Config fields) for all, `grid` (field -> values) multiplied, an
+    algorithm's own options only for the algorithms that read them. Each run's Config is validated here; a bad
+    value names the run."""
+    for key, values in grid.items():
+        if key not in FIELDS:
+            raise FedsimError(f"unknown option {key!r} in the sweep (see `fedsim sweep --help`)")
+        if key in FIXED_ONLY and len(values) > 1:
+            raise FedsimError(f"--{key.replace('_', '-')} cannot vary in a sweep: give it one value")
+        if not values:
+            raise FedsimError(f"--{key.replace('_', '-')}: an empty list of values")
+    single = {k: v[0] for k, v in grid.items() if len(v) == 1}
+    varying = {k: v for k, v in grid.items() if len(v) > 1}
+    base = {**fixed, **single}
+    algos = varying.pop("algo", [base.get("algo", Config.algo)])
+    for algo in algos:
+        if algo not in ALGORITHMS:
+            raise FedsimError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
+    own = set(algorithm_options())
+    for key in varying.keys() & own:
+        if not any(key in options_of(a) for a in algos):
+            raise FedsimError(f"--{key.replace('_', '-')} varies, but no algorithm of the sweep reads it "
+                              f"({', '.join(algos)})")
+    count = sum(_product_size({k: v for k, v in varying.items() if k not in own or k in options_of(a)})
+                for a in algos)
+    if count > max_runs:
+        raise FedsimError(f"the sweep has {count:,} runs, more than --max-runs {max_runs:,}: narrow the grid or "
+                          "raise --max-runs")
+    runs = []
+    for algo in algos:
+        axes = {k: v for k, v in varying.items() if k not in own or k in options_of(algo)}
+        for combo in itertools.product(*axes.values()):
+            values = dict(zip(axes, combo, strict=True))
+            shown = ({"algo": algo} if len(algos) > 1 else {}) | values
+            name = "_".join([sweep_name, *(f"{k}={_fmt(v)}" for k, v in shown.items())])
+            config = Config(**{**base, **values, "algo": algo, "name": name})
+            try:
+                config.validate()
+            except FedsimError as e:
+                raise FedsimError(f"run {name}: {e}") from None
+            runs.append(SweepRun(name, config, shown))
+    return runs
+
+
+def _product_size(axes: dict) -> int:
+    size = 1
+    for values in axes.values():
+        size *= len(values)
+    return size
+
+
+def grid_from_toml(path) -> tuple[dict, dict]:
+    """A TOML file's fixed options (top level) and its `[sweep]` table of value lists, as Config fields."""
+    raw = read_toml(path)
+    sweep = raw.pop("sweep", {})
+    fixed = options_from(raw, f"config file {path}")
+    if not isinstance(sweep, dict):
+        raise FedsimError(f"config file {path}: [sweep] must be a table of option = [values]")
+    grid: dict[str, list] = {}
+    for key, values in sweep.items():
+        name = key.replace("-", "_")
+        listed = values if isinstance(values, list) else [values]
+        if name == "betas" and listed and not isinstance(listed[0], list):
+            listed = [listed]  # one pair, not a list of pairs
+        grid[name] = [options_from({key: v}, f"config file {path} [sweep]")[name] for v in listed]
+    return fixed, grid
+
+
+# --- runs trained together ---------------------------------------------------------------------------------
+
+
+def stack_key(config: Config) -> str:
+    """Runs with equal keys can train together: they differ only in options that leave a local step alone."""
+    return json.dumps({k: v for k, v in config.to_dict().items() if k not in STACKABLE}, sort_keys=True,
+                      default=str)
+
+
+class Stack:
+    """Trains the cohorts of several runs in one executor call per round.
+
+    Each run is `fedsim.run` in a thread of its own, whose executor is this stack's member for that run. Only one
+    thread computes at a time (a run holds the turn, and gives it up only while it waits for the others in
+    `train`), so the runs' setup and evaluation happen one after another, as in a loop. When every running run
+    has handed in its cohort for the round, the last one trains them all, each job keyed by its own run's seed
+    and reading its own run's rows of the shared data."""
+
+    def __init__(self, size: int):
+        self.turn = threading.Condition()
+        self.members: list[_Member] = []
+        self.running = set(range(size))
+        self.pending: dict[int, tuple] = {}
+        self.results: dict[int, object] = {}
+        self.data = None  # the runs' client data, one CSR over all of them
+        self.executor = None  # the real executor, built by the first run's setup
+        self.stopping = False
+
+    def factory(self, index: int, seed: int) -> Callable:
+        """An `executor_factory` for run `index` (see fedsim.experiment.setup)."""
+        def make(name, model, data, spec, algorithm, chunk, compile, threads):
+            import numpy as np
+            import torch
+
+            from fedsim.engine.executors import make_executor
+            from fedsim.engine.local import ClientData
+
+            if self.data is None:
+                self.data = ClientData(data.x, data.y, data.indices, np.asarray(data.offsets))
+                self.executor = make_executor(name, model, self.data, spec, algorithm, chunk, compile, threads)
+                rows = 0
+            else:
+                rows = len(self.data.offsets) - 1
+                self.data.indices = torch.cat([self.data.indices, data.indices])
+                self.data.offsets = np.concatenate([self.data.offsets, self.data.offsets[-1] + data.offsets[1:]])
+            member = _Member(self, index, rows, seed)
+            self.members.append(member)
+            return member
+
+        return make
+
+    def train(self, member: _Member, phases, jobs, round: int, lr: float):
+        if self.stopping:
+            raise KeyboardInterrupt
+        for job in jobs:
+            job.rows, job.seed = member.rows + job.client, member.seed
+        self.pending[member.index] = (phases, jobs, round, lr)
+        self._train_if_all_in()
+        while member.index not in self.results:
+            if self.stopping:
+                raise KeyboardInterrupt
+            self.turn.wait()
+        result = self.results.pop(member.index)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def leave(self, index: int) -> None:
+        """Run `index` has ended (finished, stopped or diverged): the others no longer wait for it."""
+        self.running.discard(index)
+        self.pending.pop(index, None)
+        self._train_if_all_in()
+
+    def _train_if_all_in(self) -> None:
+        if not self.pending or set(self.pending) != self.running:
+            return
+        batches, self.pending = dict(self.pending), {}
+        rounds = {(args[2], args[3]) for args in batches.values()}
+        try:
+            if len(rounds) != 1:  # runs at different rounds (not stacked by sweep(): kept as a guard)
+                raise RuntimeError(f"stacked runs at different rounds: {sorted(rounds)}")
+            phases = next(iter(batches.values()))[0]
+            (round, lr), = rounds
+            jobs = [job for args in batches.values() for job in args[1]]
+            trained = iter(self.executor.train(phases, jobs, round, lr))
+            for index, args in batches.items():
+                self.results[index] = [next(trained) for _ in args[1]]
+        except BaseException as e:  # every waiting run gets the error (one line where it is a FedsimError)
+            for index in batches:
+                self.results[index] = e
+        self.turn.notify_all()
+
+
+@dataclass
+class _Member:
+    """What one run of a stack sees as its executor."""
+
+    stack: Stack
+    index: int
+    rows: int  # where this run's clients start in the stack's data
+    seed: int
+    name: str = field(init=False)
+    reason: str = field(init=False)
+    threads: object = field(init=False)
+
+    def __post_init__(self):
+        real = self.stack.executor
+        self.name, self.threads = real.name, real.threads
+        self.reason = f"{real.reason}; trained together with the other runs of its sweep stack"
+
+    def train(self, phases, jobs, round, lr):
+        return self.stack.train(self, phases, jobs, round, lr)
+
+
+# --- running the sweep -------------------------------------------------------------------------------------
+
+
+def run_sweep(runs: list[SweepRun], sweep_name: str, out_dir: str, overwrite: bool = False,
+              on_change: Callable[[list[SweepRun]], None] | None = None) -> list[SweepRun]:
+    """Run every run of `runs` not already finished (resuming those with a checkpoint); returns them with their
+    status. `on_change(runs)` is called whenever a run's status or round changes (the progress display).
+    Ctrl-C stops the whole sweep cleanly: each running run checkpoints and is marked stopped."""
+    from fedsim.experiment import load_config_dataset, stop_on_sigterm
+
+    out = Path(out_dir)
+    sweep_file = out / f"{sweep_name}.sweep.json"
+    plans = [_plan(run, out, overwrite) for run in runs]
+    notify = on_change or (lambda runs: None)
+    _write_sweep_file(sweep_file, sweep_name, runs)
+    datasets: dict[str, object] = {}
+    groups: dict[tuple, list[int]] = {}
+    for i, (run, plan) in enumerate(zip(runs, plans, strict=True)):
+        if plan is not None:  # a stack: runs that can train together, from the same round, on the same data
+            groups.setdefault((stack_key(run.config), plan[1], _loading_key(run.config)), []).append(i)
+    try:
+        with stop_on_sigterm():
+            for (_, _, loading), members in groups.items():
+                if loading not in datasets:
+                    datasets[loading] = load_config_dataset(runs[members[0]].config)
+                _run_stack([runs[i] for i in members], [plans[i] for i in members], datasets[loading],
+                           lambda: (_write_sweep_file(sweep_file, sweep_name, runs), notify(runs)))
+    finally:
+        _write_sweep_file(sweep_file, sweep_name, runs)
+    return runs
+
+
+def _loading_key(config: Config) -> str:
+    """What loading the dataset depends on (see experiment.load_config_dataset): runs with equal keys share it."""
+    return json.dumps([config.dataset, config.data_dir, config.download, config.clients, config.normalize],
+                      default=str)
+
+
+def _plan(run: SweepRun, out: Path, overwrite: bool) -> tuple[object, int] | None:
+    """How to start `run`: None (already finished), or (the checkpoint to resume from or None, its round)."""
+    from fedsim.checkpoint import load_checkpoint
+
+    record, ckpt = out / f"{run.name}.json", out / f"{run.name}.ckpt"
+    if overwrite:
+        return None, 0
+    try:
+        done = json.loads(record.read_text())
+        summary = done.get("summary", {})
+        if done.get("status") == "finished" and summary.get("rounds_completed", 0) >= run.config.rounds:
+            run.status, run.round = "finished", summary["rounds_completed"]
+            return None
+    except (OSError, ValueError):
+        pass
+    if ckpt.exists():
+        checkpoint = load_checkpoint(ckpt, str(out))
+        return checkpoint, checkpoint.round
+    return None, 0
+
+
+def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Callable[[], None]) -> None:
+    import dataclasses as dc
+
+    from fedsim.engine.executors import make_executor
+    from fedsim.experiment import run as run_one
+
+    stack = Stack(len(runs)) if len(runs) > 1 else None
+    data = dc.replace(dataset, name=runs[0].config.dataset)
+
+    def one(i: int, run: SweepRun, plan) -> None:
+        checkpoint, start = plan
+        factory = stack.factory(i, run.config.seed) if stack is not None else make_executor
+
+        def on_round(row, total):
+            run.round = row["round"]
+            changed()
+
+        run.status, run.round = "running", start
+        changed()
+        try:
+            if checkpoint is None:
+                config = dataclasses.replace(run.config, overwrite=True, quiet=True)
+                run_one(config, dataset=data, on_round=on_round, executor_factory=factory)
+            else:
+                run_one(resume=checkpoint, dataset=data, on_round=on_round, executor_factory=factory,
+                        rounds=run.config.rounds)
+            run.status = "finished"
+        except DivergenceError as e:
+            run.status, run.detail = "diverged", str(e)
+        except KeyboardInterrupt:
+            run.status = "stopped"
+            raise
+        except FedsimError as e:
+            run.status, run.detail = "failed", str(e)
+        finally:
+            changed()
+
+    if stack is None:
+        one(0, runs[0], plans[0])
+        return
+    errors: list[BaseException] = []
+
+    def thread(i: int) -> None:
+        with stack.turn:
+            try:
+                one(i, runs[i], plans[i])
+            except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
+                errors.append(e)
+            finally:
+                stack.leave(i)
+
+    threads = [threading.Thread(target=thread, args=(i,), name=f"fedsim-sweep-{runs[i].name}")
+               for i in range(len(runs))]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.2)
+    except KeyboardInterrupt:
+        with stack.turn:
+            stack.stopping = True
+            stack.turn.notify_all()
+        for t in threads:
+            t.join()
+        raise
+    interrupted = [e for e in errors if isinstance(e, KeyboardInterrupt)]
+    if interrupted:
+        raise interrupted[0]
+    if errors:
+        raise errors[0]
+
+
+def _write_sweep_file(path: Path, sweep_name: str, runs: list[SweepRun]) -> None:
+    from fedsim.files import write_atomically
+
+    grid: dict[str, list] = {}
+    for run in runs:
+        for key, value in run.varying.items():
+            if value not in grid.setdefault(key, []):
+                grid[key].append(value)
+    text = json.dumps({"sweep": sweep_name, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "grid": grid,
+                       "runs": [{"name": r.name, "options": r.varying, "status": r.status, "round": r.round,
+                                 **({"detail": r.detail} if r.detail else {})} for r in runs]},
+                      indent=2, default=str) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: tmp.write_text(text), "sweep file", "; choose --out-dir")
