@@ -28,6 +28,11 @@ ALGORITHMS = {
     "fedrep": "fedsim.algorithms.fedrep:FedRep",
     "ditto": "fedsim.algorithms.ditto:Ditto",
     "fedas": "fedsim.algorithms.fedas:FedAS",
+    "moon": "fedsim.algorithms.moon:MOON",
+    "feddyn": "fedsim.algorithms.feddyn:FedDyn",
+    "lgfedavg": "fedsim.algorithms.lgfedavg:LGFedAvg",
+    "fedbabu": "fedsim.algorithms.fedbabu:FedBABU",
+    "apfl": "fedsim.algorithms.apfl:APFL",
 }
 
 

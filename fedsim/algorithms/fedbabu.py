@@ -1,0 +1,61 @@
+"""FedBABU: Oh, Kim, Yun, "FedBABU: Toward Enhanced Representation for Federated Image Classification", ICLR 2022
+(arXiv:2106.06042); code followed: the authors' (jhoon-oh/FedBABU: `--local_upt_part body --aggr_part body`,
+`--ft_ep 5`) and PFLlib (`clientbabu.py`, `serverbabu.py`).
+
+Differs from FedAvg in two places. During federated training the head (by default the model's last Linear layer,
+`--head` names others) stays at its random initialization: clients train only the base (the body) and the server
+averages and sends only the base. Before personalized evaluation every client fine-tunes the whole model (body and
+head) for `--finetune-epochs` epochs on its own training data from the current global model; the fine-tuned models
+are evaluated and dropped, never kept or sent (the engine runs `personalization_phases`, fedsim/experiment.py).
+The test-accuracy columns are the global model's, with its untrained head.
+Deviations: the fine-tuning runs at every evaluated round (the paper reports it at the end; PFLlib fine-tunes once,
+after the last round), with the client optimizer, --lr (decayed as in that round) and --batch-size of training;
+--finetune-epochs 0 evaluates the global model itself. --freeze-base is refused (the head is what stays frozen).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedsim.algorithms.fedavg import FedAvg
+from fedsim.algorithms.fedper import head_params
+from fedsim.core.hooks import Phase
+from fedsim.core.params import Params, option
+from fedsim.core.state import num_bytes
+from fedsim.errors import FedsimError
+
+
+@dataclass(frozen=True)
+class FedBABUParams(Params):
+    finetune_epochs: int = option(5, "epochs each client fine-tunes the whole model before its personalized "
+                                  "evaluation (the authors' code: 5; 0 evaluates the global model)", low=0)
+
+
+class FedBABU(FedAvg):
+    name = "fedbabu"
+    needs_head = True
+    personalized = True  # by fine-tuning before evaluation (no personal part is kept between rounds)
+    Params = FedBABUParams
+
+    def __init__(self, config, keys, num_clients: int = 1):
+        if config.freeze_base:
+            raise FedsimError("fedbabu trains the base and keeps the head frozen: drop --freeze-base")
+        super().__init__(config, keys, num_clients)
+        head = set(keys.head or ()) | head_params(keys, self.name)
+        self.body = [k for k in self.shared if k not in head]  # what is trained, sent and averaged
+        self.trainable = frozenset(k for k in keys.params if k not in head)  # BN kept by --bn local trains too
+
+    def phases(self):
+        return [Phase(trainable=self.trainable)]
+
+    def average(self, server, sent):  # the head is the same everywhere: averaging it would only add rounding
+        return self.averaging(server.model, sent, self.body)
+
+    def personalization_phases(self):
+        return [Phase(epochs=self.params.finetune_epochs)] if self.params.finetune_epochs else []
+
+    def bytes_down(self, server):
+        return num_bytes(server.model, self.body)
+
+    def bytes_up(self, server):
+        return num_bytes(server.model, self.body)
