@@ -22,6 +22,7 @@ from fedsim.core.params import Range, check_value
 from fedsim.data.schemes import SCHEMES
 from fedsim.errors import FedsimError
 from fedsim.privacy.options import check_options as check_privacy_options
+from fedsim.privacy.options import check_options as check_privacy_options
 from fedsim.robust import check_options as check_robust_options
 
 EXECUTORS = ("auto", "sequential", "vmap")
@@ -66,6 +67,13 @@ class GeneralOptions:
     malicious_fraction: float = 0.0      # this fraction of the clients (a fixed subset) attacks
     attack: str | None = None            # label-flip | sign-flip | gaussian | scale
     attack_scale: float | None = None    # sign-flip, scale: update factor; gaussian: noise std (default 4)
+    # --- differential privacy (fedsim.privacy): on with --dp-noise or --dp-epsilon ---------------
+    dp_noise: float | None = None        # noise multiplier z: noise std = z x clip norm
+    dp_epsilon: float | None = None      # or the budget: z computed to spend exactly this in --rounds
+    dp_delta: float | None = None        # default 1/N (N = clients with data)
+    dp_clip: str | None = None           # a client update's L2 clip norm C, or 'adaptive' (Andrew et al.)
+    dp_clip_quantile: float = 0.5        # adaptive: the update-norm quantile C tracks
+    dp_mode: str = "central"             # central: the server noises the sum; local: each client its update
     # --- differential privacy (fedsim.privacy): on with --dp-noise or --dp-epsilon ---------------
     dp_noise: float | None = None        # noise multiplier z: noise std = z x clip norm
     dp_epsilon: float | None = None      # or the budget: z computed to spend exactly this in --rounds
@@ -155,6 +163,7 @@ class GeneralOptions:
                               f"{', '.join(STRAGGLER_POLICIES)}")
         check_robust_options(self)
         check_privacy_options(self)
+        check_privacy_options(self)
         self.scheme  # noqa: B018  (raises on two schemes at once)
 
 
@@ -170,6 +179,9 @@ RANGES = {
     "stragglers": Range(0, 1), "client_dropout": Range(0, 1, high_open=True),
     "trim_fraction": Range(0, 0.5, high_open=True), "krum_f": Range(0), "krum_m": Range(1),
     "malicious_fraction": Range(0, 1), "attack_scale": Range(0, low_open=True),
+    "dp_noise": Range(0), "dp_epsilon": Range(0, low_open=True),
+    "dp_delta": Range(0, 1, low_open=True, high_open=True),
+    "dp_clip_quantile": Range(0, 1, low_open=True, high_open=True),
     "dp_noise": Range(0), "dp_epsilon": Range(0, low_open=True),
     "dp_delta": Range(0, 1, low_open=True, high_open=True),
     "dp_clip_quantile": Range(0, 1, low_open=True, high_open=True),

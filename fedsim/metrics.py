@@ -17,6 +17,9 @@ Columns, one row per evaluated round (accuracies are fractions in [0, 1]):
     round_seconds            wall time of this round (training + evaluation)
     elapsed_seconds          wall time since the run started (setup excluded)
     malicious                (runs with --attack only) malicious clients in this round's cohort (fedsim.robust)
+    epsilon                  (DP runs only: --dp-noise, --dp-epsilon) the epsilon spent so far, at the run's delta
+                             (fedsim.privacy; inf when --dp-noise 0)
+    dp_clip                  (DP runs only) the clip norm of this round's client updates (adaptive: changes)
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ _ALGO = "Model and algorithm"
 _ROUNDS = "Rounds and local training"
 _RUN = "Run and output"
 _ROBUST = "Robust aggregation and attacks"
+_DP = "Differential privacy"
 
 
 def train(
@@ -107,6 +108,22 @@ def train(
                                                rich_help_panel=_ROBUST)] = None,
     attack_scale: Annotated[float | None, typer.Option(help="s of sign-flip, scale, gaussian (default 4).",
                                                        rich_help_panel=_ROBUST)] = None,
+    dp_noise: Annotated[float | None, typer.Option(metavar="Z", help="DP-FedAvg: noise multiplier z (noise std = z x "
+                                                   "the clip norm); turns differential privacy on.",
+                                                   rich_help_panel=_DP)] = None,
+    dp_epsilon: Annotated[float | None, typer.Option(metavar="E", help="DP-FedAvg with the noise multiplier that "
+                                                     "spends exactly E in --rounds (printed before training).",
+                                                     rich_help_panel=_DP)] = None,
+    dp_delta: Annotated[float | None, typer.Option(metavar="D", help="delta of the (epsilon, delta) guarantee "
+                                                   "(default 1/N, N = clients with data).",
+                                                   rich_help_panel=_DP)] = None,
+    dp_clip: Annotated[str | None, typer.Option(metavar="C|adaptive", help="L2 clip norm of each client's update, or "
+                                                "adaptive (Andrew et al. 2021: C tracks a quantile of the norms).",
+                                                rich_help_panel=_DP)] = None,
+    dp_clip_quantile: Annotated[float, typer.Option(help="Adaptive clipping: the quantile of update norms C tracks.",
+                                                    rich_help_panel=_DP)] = 0.5,
+    dp_mode: Annotated[str, typer.Option(help="central: the server noises the sum of clipped updates; local: each "
+                                         "client noises its own before sending.", rich_help_panel=_DP)] = "central",
     rounds: Annotated[int, typer.Option(help="Communication rounds.", rich_help_panel=_ROUNDS)] = 20,
     fraction: Annotated[float, typer.Option(help="Fraction of clients trained per round, in (0, 1].",
                                             rich_help_panel=_ROUNDS)] = 1.0,
@@ -137,6 +154,14 @@ def train(
                                           rich_help_panel=_RUN)] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: vmap times a round on 1 "
                                                 "thread and on every core and keeps the faster, re-checked now and "
+    stragglers: Annotated[float, typer.Option(metavar="P", help="Fraction of each round's clients that straggle "
+                                              "(FedProx's systems heterogeneity).", rich_help_panel=_ROUNDS)] = 0.0,
+    straggler_policy: Annotated[str | None, typer.Option(
+        help="drop: stragglers send nothing; partial: each trains 1..E-1 epochs (uniform) and is averaged in. "
+             "Default: the algorithm's (partial for fedprox, as the paper; drop for the others).",
+        rich_help_panel=_ROUNDS)] = None,
+    client_dropout: Annotated[float, typer.Option(metavar="Q", help="Probability that a sampled client fails "
+                                                  "mid-round and sends nothing.", rich_help_panel=_ROUNDS)] = 0.0,
                                                 "then; sequential uses 1).",
                                                 rich_help_panel=_RUN)] = None,
     seed: SeedOpt = 0,
