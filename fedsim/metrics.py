@@ -20,6 +20,9 @@ Columns, one row per evaluated round (accuracies are fractions in [0, 1]):
     epsilon                  (DP runs only: --dp-noise, --dp-epsilon) the epsilon spent so far, at the run's delta
                              (fedsim.privacy; inf when --dp-noise 0)
     dp_clip                  (DP runs only) the clip norm of this round's client updates (adaptive: changes)
+    stragglers               (runs with --stragglers or --client-dropout only) stragglers in this round's cohort
+    dropped                  (the same runs) clients of this round's cohort that sent nothing: failed ones
+                             (--client-dropout) and stragglers under --straggler-policy drop
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ CSV_COLUMNS = [
     "elapsed_seconds",
 ]
 TIME_COLUMNS = ("round_seconds", "elapsed_seconds")
-INT_COLUMNS = ("round", "clients", "bytes_up", "bytes_down", "malicious")
+INT_COLUMNS = ("round", "clients", "bytes_up", "bytes_down", "malicious", "stragglers", "dropped")
 
 
 class RunWriter:

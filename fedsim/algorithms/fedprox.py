@@ -32,6 +32,7 @@ def proximal_penalty(weight: float, keys) -> Callable:
 class FedProx(FedAvg):
     name = "fedprox"
     Params = FedProxParams
+    straggler_policy = "partial"  # the paper's systems heterogeneity: stragglers' partial work is averaged in
 
     def phases(self):
         return [Phase(penalty=proximal_penalty(self.params.mu, self.shared_params))]

@@ -42,6 +42,10 @@ class ClientJob:
     # offset past the other runs' clients), and its run's seed for the keyed draws. None: `client`, the spec's.
     rows: int | None = None
     seed: int | None = None
+    # A straggler's local work (--stragglers, partial policy): epochs, or steps under --local-steps, in place of
+    # the spec's; a phase with its own epochs (FedRep's head) keeps them. None: the spec's.
+    epochs: int | None = None
+    steps: int | None = None
 
     @property
     def data_rows(self) -> int:

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 COHORT, BATCHES, TORCH = 1, 2, 3
 MALICIOUS, ATTACK = 4, 5  # fedsim.robust: the fixed malicious subset (seed); an attacker's noise
+STRAGGLERS, DROPOUT = 6, 7  # --stragglers: who straggles (round) and its local work (round, client); --client-dropout
 DP_NOISE, DP_LOCAL_NOISE, DP_COUNT = 8, 9, 10  # fedsim.privacy: the server's noise (round), a client's (round,
 #                                                client), adaptive clipping's noised count (round)
 

@@ -61,6 +61,14 @@ def batch_schedule(generator: np.random.Generator, n: int, batch_size: int, epoc
     return batches if steps is None else batches[:steps]
 
 
+def local_work(spec: LocalSpec, phase: Phase, job: ClientJob) -> tuple[int, int | None]:
+    """A client's (epochs, steps) in a phase: the phase's own epochs, else the job's (a straggler's), else the
+    spec's."""
+    if phase.epochs:
+        return phase.epochs, None
+    return job.epochs or spec.epochs, job.steps or spec.steps
+
+
 def row_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """F.cross_entropy(logits, y, reduction="none") for (rows, classes) logits, as log-softmax and gather: under
     vmap, F.cross_entropy runs a Python decomposition of nll_loss at every call (0.5 ms a step)."""
@@ -108,8 +116,7 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
         params = {k: state[k].detach().clone().requires_grad_() for k in trainable}
         rest = {k: v for k, v in state.items() if k not in params}  # buffers (updated in place) and frozen
         opt_state = spec.optimizer.init(params)
-        schedule = batch_schedule(generator, n, spec.batch_size, phase.epochs or spec.epochs,
-                                  None if phase.epochs else spec.steps)
+        schedule = batch_schedule(generator, n, spec.batch_size, *local_work(spec, phase, job))
         order = own[torch.from_numpy(np.concatenate(schedule)).to(own.device)]
         start = 0
         for batch in schedule:

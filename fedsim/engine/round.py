@@ -38,18 +38,21 @@ class RunRound:
     rows: int = 0
     seed: int | None = None
     transforms: Sequence[Callable] = ()  # f(sent, server, round) -> sent, in order, after client_finish
+    work: dict | None = None  # client -> its ClientJob's local-work override (a straggler's {"epochs": e})
 
 
 def run_round(algorithm, executor, server: ServerState, store: ClientStore, cohort, round: int,
-              lr: float, transforms: Sequence[Callable] = ()) -> RoundResult:
+              lr: float, transforms: Sequence[Callable] = (), work: dict | None = None) -> RoundResult:
     """Train `cohort` (client ids) from `server` and aggregate; `store` gets the clients' kept state.
     `transforms`, each `f(sent, server, round) -> sent`, change what the clients send, in order, after
-    `client_finish` (a malicious client's attack, local differential privacy's noise).
+    `client_finish` (a malicious client's attack, local differential privacy's noise). `work`: per client, a
+    ClientJob override of its local work (fedsim.engine.stragglers). A round where no client sends leaves
+    the server as it was.
 
     Raises DivergenceError naming the round and the client when a loss or a weight becomes NaN/inf.
     """
-    (outcome,) = run_stacked_round(executor, [RunRound(algorithm, server, store, cohort, transforms=transforms)],
-                                   round, lr)
+    (outcome,) = run_stacked_round(executor, [RunRound(algorithm, server, store, cohort, transforms=transforms,
+                                                       work=work)], round, lr)
     if isinstance(outcome, DivergenceError):
         raise outcome
     return outcome
@@ -65,6 +68,8 @@ def run_stacked_round(executor, runs: list[RunRound], round: int, lr: float) -> 
             job = run.algorithm.client_job(run.server, run.store, int(c))
             if len(runs) > 1:
                 job.rows, job.seed = run.rows + int(c), run.seed
+            for key, value in (run.work or {}).get(int(c), {}).items():
+                setattr(job, key, value)
             jobs.append(job)
             owner.append(i)
     results = executor.train(runs[0].algorithm.phases(), jobs, round, lr)
@@ -85,6 +90,8 @@ def _finish(run: RunRound, results: list[ClientResult], round: int, lr: float) -
     sent = [run.algorithm.client_finish(run.server, run.store, res) for res in results]
     for transform in run.transforms:
         sent = transform(sent, run.server, round)
+    if not sent:  # every client failed or was dropped: nothing to aggregate
+        return RoundResult(run.server, sent)
     server = run.algorithm.aggregate(run.server, sent)
     if not is_finite(server.model, server.model):
         diverged(round, None, float("nan"), lr)

@@ -14,8 +14,9 @@ that exact:
   formed: for a stacked cohort, writing and reading the formed gradients was most of a step on the CPU.
 - Linear-only models (folded.py) run the same step without vmap: the clients' rows folded into one batch,
   each Linear per client as one batched matmul, where a check at construction shows the numbers are vmap's.
-- Unequal step counts: clients are sorted by size, largest first, so the clients still training are always
-  a prefix of the stack, and each step works on views of that prefix. A client that has taken all its steps
+- Unequal step counts: clients are sorted by their steps in the phase (size, and a straggler's shorter work),
+  most first, so the clients still training are always a prefix of the stack, and each step works on views
+  of that prefix. A client that has taken all its steps
   drops out of the prefix, so it takes no step it would not take alone: its parameters, optimizer state and
   step count stay as they were. All clients in the prefix have taken the same number of steps, so the step
   counter is one number.
@@ -54,7 +55,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from fedsim.core import rng
 from fedsim.core.hooks import ClientJob, ClientResult, Phase
 from fedsim.engine.folded import FoldedLinears, foldable, folding_matches_vmap
-from fedsim.engine.local import ClientData, LocalSpec, batch_schedule, client_objective
+from fedsim.engine.local import ClientData, LocalSpec, batch_schedule, client_objective, local_work
 from fedsim.engine.optim import clip_by_global_norm
 from fedsim.engine.outer import LinearTaps, OuterProduct, tappable_linears, weight_key
 from fedsim.engine.threads import ThreadChooser
@@ -199,11 +200,12 @@ class VmapExecutor:
         for phase in phases:
             if phase.start is not None:
                 state = _stack([job.ctx[phase.start] for job in jobs])
-            schedules = [batch_schedule(g, n, spec.batch_size, phase.epochs or spec.epochs,
-                                        None if phase.epochs else spec.steps) for g, n in zip(gens, sizes, strict=True)]
+            schedules = [batch_schedule(g, n, spec.batch_size, *local_work(spec, phase, job))
+                         for g, n, job in zip(gens, sizes, jobs, strict=True)]
             params = {k: state[k] for k in self.param_names if phase.trainable is None or k in phase.trainable}
             rest = {k: v for k, v in state.items() if k not in params}
-            params, phase_losses = self._train_phase(phase, jobs, schedules, params, rest, ctx, ctx_dims, lr)
+            params, rest, phase_losses = self._train_phase_most_steps_first(phase, jobs, schedules, params, rest,
+                                                                            ctx, ctx_dims, lr)
             state = {**rest, **params}
             losses.append(phase_losses)
             states.append(state)
@@ -235,6 +237,21 @@ class VmapExecutor:
     def _train_phase(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr):
         """Train the stacked `params` (copied, then updated in place); returns them after the phase, and the data
         losses (steps, clients), NaN where a client took no step."""
+    def _train_phase_most_steps_first(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr):
+        """`_train_phase` on the clients reordered by their steps in this phase, most first, and back: the chunk
+        is ordered by size, which stragglers' shorter work (ClientJob.epochs/steps) can break. Returns the params,
+        the rest (buffers updated in place) and the losses (steps, clients), in the chunk's order."""
+        order = np.argsort([-len(s) for s in schedules], kind="stable")
+        if (order == np.arange(len(order))).all():
+            params, losses = self._train_phase(phase, jobs, schedules, params, rest, ctx, ctx_dims, lr)
+            return params, rest, losses
+        sel = torch.from_numpy(order).to(self.data.x.device)
+        back = torch.from_numpy(np.argsort(order)).to(self.data.x.device)
+        rest = _take(rest, sel)  # a copy: the phase's in-place buffer updates land in it
+        params, losses = self._train_phase(phase, [jobs[i] for i in order], [schedules[i] for i in order],
+                                           _take(params, sel), rest, _take(ctx, sel, ctx_dims), ctx_dims, lr)
+        return _take(params, back), _take(rest, back), losses[:, back]
+
         spec, data = self.spec, self.data
         idx, counts = self._batches(jobs, schedules)
         mask = torch.from_numpy(np.arange(idx.shape[-1]) < counts[..., None]).to(data.x.device, torch.float32)
