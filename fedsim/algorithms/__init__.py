@@ -33,6 +33,11 @@ ALGORITHMS = {
     "lgfedavg": "fedsim.algorithms.lgfedavg:LGFedAvg",
     "fedbabu": "fedsim.algorithms.fedbabu:FedBABU",
     "apfl": "fedsim.algorithms.apfl:APFL",
+    "peravg": "fedsim.algorithms.peravg:PerFedAvg",
+    "pfedme": "fedsim.algorithms.pfedme:PFedMe",
+    "fedala": "fedsim.algorithms.fedala:FedALA",
+    "fedproto": "fedsim.algorithms.fedproto:FedProto",
+    "fedrod": "fedsim.algorithms.fedrod:FedRoD",
 }
 
 
