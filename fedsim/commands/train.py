@@ -146,14 +146,6 @@ def train(
                                             rich_help_panel=_ROUNDS)] = 1.0,
     clip: Annotated[float | None, typer.Option(help="Clip each step's gradient to this global norm.",
                                                rich_help_panel=_ROUNDS)] = None,
-    executor: Annotated[str, typer.Option(help="auto (vmap where the model and algorithm allow it) | sequential | "
-                                          "vmap.", rich_help_panel=_RUN)] = "auto",
-    cohort_chunk: Annotated[int | None, typer.Option(help="vmap: train at most this many clients at once.",
-                                                     rich_help_panel=_RUN)] = None,
-    compile: Annotated[bool, typer.Option("--compile", help="vmap: torch.compile the local step.",
-                                          rich_help_panel=_RUN)] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: vmap times a round on 1 "
-                                                "thread and on every core and keeps the faster, re-checked now and "
     stragglers: Annotated[float, typer.Option(metavar="P", help="Fraction of each round's clients that straggle "
                                               "(FedProx's systems heterogeneity).", rich_help_panel=_ROUNDS)] = 0.0,
     straggler_policy: Annotated[str | None, typer.Option(
@@ -162,6 +154,14 @@ def train(
         rich_help_panel=_ROUNDS)] = None,
     client_dropout: Annotated[float, typer.Option(metavar="Q", help="Probability that a sampled client fails "
                                                   "mid-round and sends nothing.", rich_help_panel=_ROUNDS)] = 0.0,
+    executor: Annotated[str, typer.Option(help="auto (vmap where the model and algorithm allow it) | sequential | "
+                                          "vmap.", rich_help_panel=_RUN)] = "auto",
+    cohort_chunk: Annotated[int | None, typer.Option(help="vmap: train at most this many clients at once.",
+                                                     rich_help_panel=_RUN)] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="vmap: torch.compile the local step.",
+                                          rich_help_panel=_RUN)] = False,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (default: vmap times a round on 1 "
+                                                "thread and on every core and keeps the faster, re-checked now and "
                                                 "then; sequential uses 1).",
                                                 rich_help_panel=_RUN)] = None,
     seed: SeedOpt = 0,
