@@ -234,9 +234,6 @@ class VmapExecutor:
                            for c, job in enumerate(jobs)], dim=1)
         return idx, counts
 
-    def _train_phase(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr):
-        """Train the stacked `params` (copied, then updated in place); returns them after the phase, and the data
-        losses (steps, clients), NaN where a client took no step."""
     def _train_phase_most_steps_first(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr):
         """`_train_phase` on the clients reordered by their steps in this phase, most first, and back: the chunk
         is ordered by size, which stragglers' shorter work (ClientJob.epochs/steps) can break. Returns the params,
@@ -252,6 +249,9 @@ class VmapExecutor:
                                            _take(params, sel), rest, _take(ctx, sel, ctx_dims), ctx_dims, lr)
         return _take(params, back), _take(rest, back), losses[:, back]
 
+    def _train_phase(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr):
+        """Train the stacked `params` (copied, then updated in place); returns them after the phase, and the data
+        losses (steps, clients), NaN where a client took no step."""
         spec, data = self.spec, self.data
         idx, counts = self._batches(jobs, schedules)
         mask = torch.from_numpy(np.arange(idx.shape[-1]) < counts[..., None]).to(data.x.device, torch.float32)
