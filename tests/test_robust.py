@@ -116,6 +116,7 @@ def test_the_malicious_clients_are_a_fixed_keyed_subset_of_the_clients_with_data
     assert np.array_equal(chosen, malicious_clients(0, eligible, 0.3))
     assert any(not np.array_equal(chosen, malicious_clients(s, eligible, 0.3)) for s in (1, 2, 3))
     assert len(malicious_clients(0, eligible, 0.25)) == 3  # 2.5 rounds half up
+    assert set(malicious_clients(0, eligible, 0.1)) < set(chosen) < set(malicious_clients(0, eligible, 0.5))
 
 
 def test_label_flip_flips_only_the_malicious_clients_rows():

@@ -14,8 +14,8 @@ s is `--attack-scale` (default 4). The model attacks change the shared trainable
 running statistics) go up as trained, since a reversed variance would be negative. Control variates and other
 `extra` a client sends (SCAFFOLD's Δc_i) stay honest. A malicious client keeps its honest personal state; its
 reported sample count is its own. The subset is drawn from the clients with data, keyed by the seed
-(fedsim.core.rng.MALICIOUS); the Gaussian noise by (seed, round, client) (rng.ATTACK), so runs and resumes
-repeat it.
+(fedsim.core.rng.MALICIOUS), and grows with the fraction (10% of the clients are among 30%'s); the Gaussian
+noise is keyed by (seed, round, client) (rng.ATTACK), so runs and resumes repeat it.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ Transform = Callable[[list[ClientResult], ServerState, int], list[ClientResult]]
 
 
 def malicious_clients(seed: int, eligible, fraction: float):
-    """The malicious clients: round-half-up(fraction x len(eligible)) of `eligible` (ids with data), sorted."""
+    """The malicious clients: round-half-up(fraction x len(eligible)) of `eligible` (ids with data), sorted; the
+    first of one keyed permutation, so a larger fraction adds attackers to a smaller one's."""
     import numpy as np
 
     count = malicious_count(fraction, len(eligible))
-    return np.sort(rng.keyed_rng(rng.MALICIOUS, seed).choice(np.asarray(eligible), count, replace=False))
+    return np.sort(rng.keyed_rng(rng.MALICIOUS, seed).permutation(np.asarray(eligible))[:count])
 
 
 def flip_labels(labels, client_indices, num_classes: int):
