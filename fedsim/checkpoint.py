@@ -40,7 +40,7 @@ RUN_SUFFIXES = (".csv", ".json", ".ckpt")
 # file because the partition's content hash is checked. Every other option must equal the checkpoint's.
 RESUMABLE_OPTIONS = frozenset({
     "rounds", "eval_every", "checkpoint_every", "executor", "cohort_chunk", "compile", "threads", "device",
-    "data_dir", "download", "partition", "out_dir", "name", "overwrite", "quiet",
+    "data_dir", "download", "partition", "out_dir", "name", "overwrite", "quiet", "debug", "log", "mlflow_uri",
 })
 
 

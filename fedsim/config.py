@@ -22,7 +22,6 @@ from fedsim.core.params import Range, check_value
 from fedsim.data.schemes import SCHEMES
 from fedsim.errors import FedsimError
 from fedsim.privacy.options import check_options as check_privacy_options
-from fedsim.privacy.options import check_options as check_privacy_options
 from fedsim.robust import check_options as check_robust_options
 
 EXECUTORS = ("auto", "sequential", "vmap")
@@ -40,6 +39,8 @@ class GeneralOptions:
     download: bool = False               # let torchvision fetch missing files (needs the network)
     device: str = "auto"                 # auto = CUDA when present, else CPU
     normalize: str | None = None         # pixels: standard (mean/std) | symmetric [-1, 1] | unit [0, 1]; None: usual
+    image_size: int | str | None = None  # a folder of images: resize to H or "H,W"
+    test_fraction: float | None = None   # a folder of images with no test/ folder: this fraction is the test split
     # --- partition: a saved file, or one scheme computed on the fly --------------------------
     partition: str | None = None         # file written by `fedsim partition`
     clients: int | None = None          # default 10 (synthetic: its 30 devices)
@@ -67,13 +68,6 @@ class GeneralOptions:
     malicious_fraction: float = 0.0      # this fraction of the clients (a fixed subset) attacks
     attack: str | None = None            # label-flip | sign-flip | gaussian | scale
     attack_scale: float | None = None    # sign-flip, scale: update factor; gaussian: noise std (default 4)
-    # --- differential privacy (fedsim.privacy): on with --dp-noise or --dp-epsilon ---------------
-    dp_noise: float | None = None        # noise multiplier z: noise std = z x clip norm
-    dp_epsilon: float | None = None      # or the budget: z computed to spend exactly this in --rounds
-    dp_delta: float | None = None        # default 1/N (N = clients with data)
-    dp_clip: str | None = None           # a client update's L2 clip norm C, or 'adaptive' (Andrew et al.)
-    dp_clip_quantile: float = 0.5        # adaptive: the update-norm quantile C tracks
-    dp_mode: str = "central"             # central: the server noises the sum; local: each client its update
     # --- differential privacy (fedsim.privacy): on with --dp-noise or --dp-epsilon ---------------
     dp_noise: float | None = None        # noise multiplier z: noise std = z x clip norm
     dp_epsilon: float | None = None      # or the budget: z computed to spend exactly this in --rounds
@@ -113,6 +107,9 @@ class GeneralOptions:
     name: str | None = None              # default: <dataset>-<algo>-<model>-seed<seed>
     overwrite: bool = False
     quiet: bool = False
+    log: str | None = None               # tensorboard, mlflow or both (comma-separated): fedsim/tracking.py
+    mlflow_uri: str | None = None        # --log mlflow: tracking URI (default: the file store ./mlruns)
+    debug: bool = False                  # an error in the user's own model code shows its traceback
 
     @property
     def scheme(self) -> tuple[str, float | int | None]:
@@ -126,7 +123,24 @@ class GeneralOptions:
         return given[0] if given else ("iid", None)
 
     def run_name(self) -> str:
-        return self.name or f"{self.dataset}-{self.algo}-{self.model}-seed{self.seed}"
+        return self.name or f"{self.dataset_label()}-{self.algo}-{self.model.rpartition(':')[2]}-seed{self.seed}"
+
+    def dataset_label(self) -> str:
+        """The dataset's name, or for a folder or .npz file its own name (no slashes in run names)."""
+        is_path = "/" in self.dataset or self.dataset.endswith(".npz")
+        return Path(self.dataset.rstrip("/")).stem if is_path else self.dataset
+
+    def image_hw(self) -> tuple[int, int] | None:
+        """--image-size as (H, W): one number is a square."""
+        if self.image_size is None:
+            return None
+        try:
+            sizes = [int(v) for v in str(self.image_size).split(",")]
+        except ValueError:
+            sizes = []
+        if len(sizes) not in (1, 2) or min(sizes) < 1:
+            raise FedsimError(f"--image-size must be H or H,W in pixels, e.g. 32 or 32,24 (got {self.image_size!r})")
+        return (sizes[0], sizes[-1])
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -163,8 +177,8 @@ class GeneralOptions:
                               f"{', '.join(STRAGGLER_POLICIES)}")
         check_robust_options(self)
         check_privacy_options(self)
-        check_privacy_options(self)
         self.scheme  # noqa: B018  (raises on two schemes at once)
+        self.image_hw()
 
 
 # Numeric ranges of the general options (the algorithms declare theirs); every float must also be finite.
@@ -176,12 +190,10 @@ RANGES = {
     "threads": Range(1), "cohort_chunk": Range(1), "min_size": Range(0), "shards": Range(1), "labels": Range(1),
     "dirichlet": Range(0, low_open=True), "quantity_skew": Range(0, low_open=True),
     "client_test_fraction": Range(0, 1, low_open=True, high_open=True),
+    "test_fraction": Range(0, 1, low_open=True, high_open=True),
     "stragglers": Range(0, 1), "client_dropout": Range(0, 1, high_open=True),
     "trim_fraction": Range(0, 0.5, high_open=True), "krum_f": Range(0), "krum_m": Range(1),
     "malicious_fraction": Range(0, 1), "attack_scale": Range(0, low_open=True),
-    "dp_noise": Range(0), "dp_epsilon": Range(0, low_open=True),
-    "dp_delta": Range(0, 1, low_open=True, high_open=True),
-    "dp_clip_quantile": Range(0, 1, low_open=True, high_open=True),
     "dp_noise": Range(0), "dp_epsilon": Range(0, low_open=True),
     "dp_delta": Range(0, 1, low_open=True, high_open=True),
     "dp_clip_quantile": Range(0, 1, low_open=True, high_open=True),

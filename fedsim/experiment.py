@@ -1,0 +1,416 @@
+"""One experiment: set up data, partition, model and algorithm, then the round loop, evaluation and the run's
+files. It sits above the engine (executors, the round) and the algorithms, which never import each other; see
+docs/architecture.md for the layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedsim.algorithms import algorithm_class
+from fedsim.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
+from fedsim.config import Config
+from fedsim.core import rng
+from fedsim.core.hooks import ClientJob, ClientStore, ModelKeys
+from fedsim.core.state import clone, model_state
+from fedsim.engine.evaluate import personal_summary, predict
+from fedsim.engine.executors import make_executor
+from fedsim.engine.local import ClientData, LocalSpec
+from fedsim.engine.optim import OptimizerSpec
+from fedsim.engine.round import run_round
+from fedsim.engine.stragglers import Stragglers
+from fedsim.errors import DivergenceError, FedsimError
+from fedsim.metrics import CSV_COLUMNS, RunWriter, read_rows
+from fedsim.privacy import COLUMNS as PRIVACY_COLUMNS
+from fedsim.privacy import install_privacy
+from fedsim.robust.install import install_robustness
+from fedsim.tracking import Trackers, check_installed
+from fedsim.version import __version__
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, built once; the round loop only reads it."""
+
+    config: Config
+    device: torch.device
+    dataset: object
+    partition: object
+    model: torch.nn.Module
+    keys: ModelKeys
+    algorithm: object
+    executor: object
+    malicious: np.ndarray | None = None  # the attacking clients (--attack), None: no attack
+    transforms: tuple = ()  # run_round's changes to what the clients send (a model attack, local DP's noise)
+    privacy: object = None  # fedsim.privacy.Privacy (--dp-noise, --dp-epsilon), None: no DP
+
+    def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
+        return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
+
+
+def setup(config: Config, model=None, dataset=None, executor_factory=make_executor) -> Experiment:
+    """Build the experiment. `model`: an nn.Module (its weights are the initial model) or a factory
+    `f(input_shape, num_classes)`, instead of `config.model`; `dataset`: a fedsim Dataset instead of
+    `config.dataset` (see `run`); `executor_factory`: engine.executors.make_executor's signature (a sweep
+    passes one that trains its runs together)."""
+    from fedsim.data.partition_build import partition_for_config
+    from fedsim.device import resolve_device
+    from fedsim.models import bn_state_keys, build_model, find_head, split_state_keys
+
+    config.validate()
+    device = resolve_device(config.device)
+    if dataset is None:
+        dataset = load_config_dataset(config)
+    partition = partition_for_config(config, dataset)
+    dataset.to(device)
+    eligible = int((partition.train_sizes > 0).sum())
+    if config.min_clients > eligible:
+        raise FedsimError(f"--min-clients {config.min_clients} is more than the {eligible} clients with data")
+
+    algo_cls = algorithm_class(config.algo)
+    if config.freeze_base and not algo_cls.personalized:
+        raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
+                          f"not {config.algo}")
+    torch.manual_seed(config.seed)
+    if model is None and ":" not in config.model:
+        model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained)
+    else:  # the user's own: an nn.Module, a factory, or --model package.module:attr
+        from fedsim.models import resolve_model
+
+        model = resolve_model(config.model if model is None else model, dataset.input_shape, dataset.num_classes,
+                              input_dtype=dataset.x_train.dtype, debug=config.debug)
+    model.to(device)
+    head = None
+    if algo_cls.needs_head or config.head or config.freeze_base:
+        head = split_state_keys(model, find_head(model, config.head))[1]
+    keys = ModelKeys(params=[k for k, _ in model.named_parameters()],
+                     buffers=[k for k, _ in model.named_buffers()], bn=list(bn_state_keys(model)), head=head)
+    algorithm = algo_cls(config, keys, partition.num_clients)
+    robust = install_robustness(config, algorithm, partition, dataset.y_train, dataset.num_classes,
+                                cohort_size(config, eligible))
+    privacy = install_privacy(config, algorithm, eligible, cohort_size(config, eligible))
+
+    # the partition is already CSR: one index array plus offsets (copied: its arrays are read-only)
+    data = ClientData(dataset.x_train, robust.labels, torch.tensor(partition.train_index, device=device),
+                      partition.train_offsets)
+    optimizer = OptimizerSpec(config.optimizer, config.lr, config.momentum, config.nesterov,
+                              config.weight_decay, tuple(config.betas))
+    spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
+                     config.seed)
+    algorithm.attach(model, data)
+    executor = executor_factory(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile,
+                             config.threads)
+    executor.threads.apply()
+    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, robust.malicious,
+                      robust.transforms + (() if privacy is None else privacy.transforms), privacy)
+
+
+def cohort_size(config: Config, eligible: int) -> int:
+    """Clients per round: max(round(fraction x clients with data), min_clients), at most those clients."""
+    return min(max(round(config.fraction * eligible), config.min_clients, 1), eligible)
+
+
+def load_config_dataset(config: Config):
+    """The dataset `config` names, with its loading options, on the CPU (setup moves it to the device)."""
+    from fedsim.data.datasets import load_dataset
+
+    options = {} if config.clients is None else {"devices": config.clients}
+    if config.normalize is not None:
+        options["normalize"] = config.normalize
+    if config.image_size is not None:
+        options["image_size"] = config.image_hw()
+    if config.test_fraction is not None:
+        options["test_fraction"] = config.test_fraction
+    return load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
+
+
+# Personalization before evaluation draws its batches from generators keyed by (seed, this + round, client): a key
+# no training round uses, so a client's fine-tuning does not repeat the batch order of its training that round.
+PERSONALIZATION_KEY = 1 << 32
+
+
+def personalized_models(exp: Experiment, server, store, round: int, lr: float) -> dict[int, dict]:
+    """Each client's model after the algorithm's `personalization_phases()` (FedBABU's fine-tuning), trained by the
+    executor from the model the client uses (`personal_model`, else the global one) for this evaluation only:
+    nothing trained here is kept. Empty where the algorithm has no such phases (a hook only some algorithms define).
+    An algorithm's `personalization_job(server, store, job)`, where defined, returns the job changed (its start,
+    context or local work: Per-FedAvg's one step, pFedMe's proximal steps). Clients without training data or test
+    slice are left out."""
+    algo, part = exp.algorithm, exp.partition
+    phases = algo.personalization_phases() if hasattr(algo, "personalization_phases") else []
+    if not phases:
+        return {}
+    adjust = getattr(algo, "personalization_job", None)
+    jobs = []
+    for c in range(part.num_clients):
+        if part.train_sizes[c] > 0 and len(part.test_indices(c)):
+            own = algo.personal_model(server, store, c)
+            job = ClientJob(c, clone(server.model if own is None else own), {})
+            jobs.append(job if adjust is None else adjust(server, store, job))
+    return {r.client: r.states[-1] for r in exp.executor.train(phases, jobs, PERSONALIZATION_KEY + round, lr)}
+
+
+def evaluate(exp: Experiment, server, store, round: int, lr: float) -> dict:
+    """The global model on the test split, and each client's own model (after the algorithm's personalization
+    phases, if any: see `personalized_models`) on its test slice; `lr` is the round's client learning rate."""
+    ds, part, algo = exp.dataset, exp.partition, exp.algorithm
+    losses, correct = predict(exp.model, server.model, ds.x_test, ds.y_test)
+    from_test = part.meta.get("client_test_source", "test") == "test"
+    x, y = (ds.x_test, ds.y_test) if from_test else (ds.x_train, ds.y_train)
+    per_client = []
+    global_correct = correct.cpu().numpy() if from_test else None
+    tuned = personalized_models(exp, server, store, round, lr)
+    for c in range(part.num_clients):
+        idx = part.test_indices(c)
+        state = tuned[c] if c in tuned else algo.personal_model(server, store, c)
+        if state is None and global_correct is not None:
+            per_client.append(global_correct[idx])
+            continue
+        t = torch.as_tensor(np.array(idx), device=exp.device)
+        per_client.append(predict(exp.model, state if state is not None else server.model, x[t], y[t])[1]
+                          .cpu().numpy())
+    personal = personal_summary(per_client)
+    return {
+        "test_loss": float(losses.mean()) if len(losses) else float("nan"),
+        "test_accuracy": float(correct.float().mean()) if len(correct) else float("nan"),
+        **{f"personal_accuracy_{k}": v for k, v in personal.items()},
+    }
+
+
+def weights_sha256(state: dict) -> str:
+    """A hash of a model's state (names, shapes, dtypes and values), to tell initial models apart."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_record(exp: Experiment) -> dict:
+    meta = exp.partition.meta
+    return {
+        "fedsim_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(exp.device),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "config": exp.config.to_dict(),
+        "dataset": {"name": exp.dataset.name, "sha256": exp.dataset.fingerprint(),
+                    "train": len(exp.dataset.y_train), "test": len(exp.dataset.y_test),
+                    "classes": exp.dataset.num_classes},
+        "partition": {"hash": meta.get("sha256"), "scheme": meta.get("scheme"), "params": meta.get("params"),
+                      "seed": meta.get("seed"), "num_clients": exp.partition.num_clients,
+                      "file": exp.config.partition},
+        "model": {"name": exp.config.model, "class": type(exp.model).__qualname__,
+                  "parameters": sum(p.numel() for p in exp.model.parameters()),
+                  "initial_sha256": weights_sha256(model_state(exp.model))},
+        "executor": {"name": exp.executor.name, "reason": getattr(exp.executor, "reason", ""),
+                     "threads": exp.executor.threads.describe()},
+        **({} if exp.malicious is None else {"malicious_clients": exp.malicious.tolist()}),
+        **({} if exp.privacy is None else {"privacy": exp.privacy.record}),
+        "status": "running",
+    }
+
+
+def run(config: Config | None = None, *, model=None, dataset=None, resume=None, on_round=None,
+        executor_factory=make_executor, **overrides):
+    """Run one experiment; returns the per-round metrics as a pandas DataFrame.
+
+    `model`: your own `nn.Module` (its weights are the run's initial model; fedsim trains a copy) or a factory
+    `f(input_shape, num_classes) -> nn.Module`, in place of `config.model`. `dataset`: a `fedsim.Dataset`
+    (`Dataset.from_tensors(...)`, `Dataset.from_torch(...)`) in place of `config.dataset`. The run record stores
+    what identifies both (class, parameter count, a hash of the initial weights and of the data).
+
+    `resume` continues a run from its checkpoint instead (after a stop, or to extend a finished run with a
+    larger `rounds`): the run's .csv, .json or .ckpt path, its name in `out_dir`, or a `load_checkpoint`
+    result. The config is then the checkpoint's; `overrides` may change only the options that leave the
+    numbers alone (`RESUMABLE_OPTIONS`: rounds, eval_every, executor, device, ...). Rows after the
+    checkpoint's round are dropped and computed again; the DataFrame holds all the run's rows. A run that
+    has already completed its rounds is left as it is.
+
+    `on_round(row, total_rounds)` is called after each evaluated round (the CLI's progress bar).
+    `executor_factory`: see `setup` (fedsim.sweep trains a stack of runs together through it).
+    Raises FedsimError on bad input and DivergenceError (rows written so far stay) on NaN/inf.
+    """
+    import pandas as pd
+
+    checkpoint = None
+    if resume is None:
+        config = dataclasses.replace(config or Config(), **overrides)
+    elif config is not None:
+        raise TypeError("run(resume=...) takes the config from the checkpoint; pass changes as keyword arguments")
+    else:
+        checkpoint = resume
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = load_checkpoint(resume, overrides.get("out_dir", Config.out_dir))
+        config = checkpoint.resumed_config(overrides)
+        config.validate()
+        if checkpoint.round >= config.rounds:
+            return pd.DataFrame(read_rows(checkpoint.path.with_suffix(".csv"), checkpoint.round)[1])
+    if dataset is not None:
+        config = dataclasses.replace(config, dataset=dataset.name)
+    exp = setup(config, model=model, dataset=dataset, executor_factory=executor_factory)
+    partition_sha256 = exp.partition.meta.get("sha256")
+    if checkpoint is None:
+        start = Progress(0, exp.algorithm.init_server(model_state(exp.model)), {})
+    elif checkpoint.partition_sha256 != partition_sha256:
+        raise FedsimError(f"checkpoint {checkpoint.path} was made on another partition (sha256 "
+                          f"{str(checkpoint.partition_sha256)[:12]}..., now {partition_sha256[:12]}...): the "
+                          "partition file or the dataset changed; resuming needs the same split")
+    else:
+        start = checkpoint.progress.to(exp.device)
+    check_installed(config.log)  # a missing tracking extra is one line, before anything is written
+    stragglers = Stragglers(config.stragglers, config.straggler_policy or exp.algorithm.straggler_policy,
+                            config.client_dropout, config.local_epochs, config.local_steps, config.seed)
+    writer = RunWriter(config.out_dir, config.run_name(), config.overwrite, run_record(exp),
+                       resume_round=None if checkpoint is None else checkpoint.round,
+                       columns=CSV_COLUMNS + ([] if exp.malicious is None else ["malicious"]) + stragglers.columns
+                       + ([] if exp.privacy is None else PRIVACY_COLUMNS))
+    done, saved = start, start.round  # the last completed round, and the last checkpointed one
+    trackers = Trackers(config, writer.dir, config.run_name(), None if checkpoint is None else checkpoint.round)
+
+    def save(progress: Progress) -> int:
+        save_checkpoint(writer.ckpt_path, config, partition_sha256, progress)
+        return progress.round
+
+    every = config.checkpoint_every
+    status, detail = "stopped", None
+    compiled_before = compile_seconds() if config.compile else 0.0
+    try:
+        with stop_on_sigterm():
+            for done, row in _round_loop(exp, writer, start, stragglers):
+                if row is not None:
+                    trackers.on_row(row)
+                if row is not None and on_round is not None:
+                    on_round(row, config.rounds)
+                if every and (done.round % every == 0 or done.round == config.rounds):
+                    saved = save(done)
+        status = "finished"
+    except DivergenceError as e:  # the state is NaN: the last good checkpoint stays
+        status, detail = "diverged", str(e)
+        raise
+    except (KeyboardInterrupt, FedsimError) as e:  # Ctrl-C, SIGTERM, a full disk: keep the last completed round
+        if every and done.round > saved:
+            try:
+                saved = save(done)
+            except FedsimError:  # the disk that stopped the rows may refuse the checkpoint too
+                pass
+        detail = (f"stopped after round {done.round}" + (f"; checkpoint at round {saved}" if saved else "")
+                  + (f": {e}" if isinstance(e, FedsimError) else ""))
+        raise
+    finally:
+        summary = _summary(writer.rows)
+        if exp.executor.threads.adaptive:  # (local step, thread count) each time a probe chose anew
+            summary["threads_chosen"] = [list(d) for d in exp.executor.threads.decisions]
+        if config.compile:  # cold compilation is inside the first rounds' round_seconds: its share, apart
+            summary["compile_seconds"] = round(compile_seconds() - compiled_before, 3)
+        writer.close(status, detail, summary)
+        trackers.on_end(status, [writer.csv_path, writer.json_path])
+    return pd.DataFrame(writer.rows)
+
+
+@contextmanager
+def stop_on_sigterm():
+    """A kill (SIGTERM) stops the run as Ctrl-C does: rows stay whole, the record says "stopped"."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _round_loop(exp: Experiment, writer: RunWriter, start: Progress, stragglers: Stragglers):
+    """Rounds start.round + 1 to --rounds; yields (the Progress after the round, its row or None) for each.
+
+    A round is complete once aggregated and its row (when due) written; the Progress yielded then does not
+    change afterwards (the store's `put` replaces entries), so it can be checkpointed at any later moment.
+    """
+    config, algo, part = exp.config, exp.algorithm, exp.partition
+    server = start.server
+    if exp.privacy is not None:
+        exp.privacy.restore(server)
+    store = ClientStore(algo.personal_initial(model_state(exp.model)), start.clients)
+    eligible = np.flatnonzero(part.train_sizes > 0)
+    size = cohort_size(config, len(eligible))
+    started = time.perf_counter() - start.elapsed_seconds
+    sent_up, sent_down = start.bytes_up, start.bytes_down  # since the last written row: --eval-every drops none
+    for r in range(start.round + 1, config.rounds + 1):
+        round_start = time.perf_counter()
+        lr = config.lr * config.lr_decay ** (r - 1)
+        down = algo.bytes_down(server)  # the cohort receives the server's state from before the round
+        plan = stragglers.plan(exp.cohort(r, eligible, size), r)  # who trains, and the stragglers' work
+        result = run_round(algo, exp.executor, server, store, plan.train, r, lr, exp.transforms, plan.work)
+        server = result.server
+        if exp.privacy is not None:
+            server = exp.privacy.after_round(server)
+        sent_up += bytes_sent_up(algo, server, result.sent)
+        sent_down += len(plan.cohort) * down
+        row = None
+        if r % config.eval_every == 0 or r == config.rounds:
+            row = {"round": r, "clients": len(result.sent),
+                   "train_loss": float(np.average([x.loss for x in result.sent],
+                                                  weights=[x.num_samples for x in result.sent]))
+                   if result.sent else float("nan"),
+                   **evaluate(exp, server, store, r, lr),
+                   "bytes_up": sent_up, "bytes_down": sent_down}
+            sent_up = sent_down = 0
+            if exp.malicious is not None:
+                row["malicious"] = int(np.isin([x.client for x in result.sent], exp.malicious).sum())
+            if exp.privacy is not None:
+                row.update(exp.privacy.row(r))
+            if stragglers.active:
+                row.update(stragglers=plan.stragglers, dropped=plan.dropped)
+            now = time.perf_counter()
+            row["round_seconds"] = now - round_start
+            row["elapsed_seconds"] = now - started
+            writer.append(row)
+        yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started), row
+
+
+def bytes_sent_up(algo, server, sent) -> int:
+    """Bytes the cohort sent the server: the algorithm's count per client where it defines one (FedProto's
+    prototypes, as many as the client's classes), else `bytes_up` for each client."""
+    per_client = getattr(algo, "bytes_up_of", None)
+    return sum(per_client(server, r) for r in sent) if per_client else len(sent) * algo.bytes_up(server)
+
+
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent compiling in this process, from its own timers (0 where they are absent)."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:
+        return 0.0
+    return float(sum(compilation_time_metrics.get("_compile.compile_inner", [])))
+
+
+def _summary(rows: list[dict]) -> dict:
+    if not rows:
+        return {"rounds_completed": 0}
+    acc = [r["test_accuracy"] for r in rows]
+    best = int(np.nanargmax(acc)) if not all(math.isnan(a) for a in acc) else len(rows) - 1
+    last = rows[-1]
+    return {
+        "rounds_completed": last["round"],
+        "final_test_accuracy": last["test_accuracy"],
+        "best_test_accuracy": acc[best],
+        "best_round": rows[best]["round"],
+        "final_personal_accuracy_mean": last["personal_accuracy_mean"],
+        "elapsed_seconds": last["elapsed_seconds"],
+    }

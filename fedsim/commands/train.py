@@ -74,8 +74,16 @@ def train(
         help="Pixel scaling of digits and the image datasets: standard (per-channel mean/std), symmetric ([-1, 1], "
              "PFLlib), unit ([0, 1], McMahan et al.). Default: standard (digits: symmetric).",
         rich_help_panel=_DATA)] = None,
-    model: Annotated[str, typer.Option(help="mlp, cnn, cnn-bn, fedavgcnn, lenet5, logreg, or any torchvision "
-                                       "classifier (resnet18, mobilenet_v3_small, vit_b_16, ...).",
+    image_size: Annotated[str | None, typer.Option(
+        metavar="H[,W]", help="A folder of images: resize every image to H x W (needed when their sizes differ).",
+        rich_help_panel=_DATA)] = None,
+    test_fraction: Annotated[float | None, typer.Option(
+        metavar="F", help="A folder of images with only class folders: hold out F of each class as the test split "
+                          "(default 0.2).", rich_help_panel=_DATA)] = None,
+    model: Annotated[str, typer.Option(help="mlp, cnn, cnn-bn, fedavgcnn, lenet5, logreg, char-lstm, any torchvision "
+                                       "classifier (resnet18, mobilenet_v3_small, vit_b_16, ...), or your own as "
+                                       "package.module:attr (an nn.Module class or a factory f(input_shape, "
+                                       "num_classes); the current folder is on the import path).",
                                        rich_help_panel=_ALGO)] = "mlp",
     pretrained: Annotated[bool, typer.Option("--pretrained", help="torchvision weights (must be cached).",
                                              rich_help_panel=_ALGO)] = False,
@@ -185,6 +193,14 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run of that name.",
                                             rich_help_panel=_RUN)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.", rich_help_panel=_RUN)] = False,
+    log: Annotated[str | None, typer.Option(help="Also log every CSV column per round to tensorboard (under "
+                                            "<out-dir>/tb/<name>), mlflow, or both (tensorboard,mlflow).",
+                                            rich_help_panel=_RUN)] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(help="--log mlflow: tracking URI (default: the file store "
+                                                   "./mlruns; or sqlite:///mlflow.db, or a server).",
+                                                   rich_help_panel=_RUN)] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error raised in your own model "
+                                        "code (--model package.module:attr).", rich_help_panel=_RUN)] = False,
     **algorithm_option_values,  # every algorithm's own options (--mu, --lam, ...): see _with_algorithm_options
 ) -> None:
     """Train with a federated algorithm; one CSV row per evaluated round in --out-dir."""

@@ -17,7 +17,7 @@ from fedsim.data.schemes import SCHEMES
 
 BOOKKEEPING = frozenset({
     "seed", "partition_seed",            # the seeds themselves: what a group averages over
-    "name", "out_dir", "overwrite", "quiet", "device", "data_dir", "download",
+    "name", "out_dir", "overwrite", "quiet", "debug", "device", "data_dir", "download",
     "partition",                         # the partition file's path (its scheme is kept, see below)
 })
 

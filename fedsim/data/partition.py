@@ -157,6 +157,11 @@ class Partition:
         if m.get("num_test") != n_test:
             raise FedsimError(f"{where} was made for {m.get('dataset')} with {m.get('num_test')} test samples, "
                               f"not {n_test}; make it again with fedsim partition")
+        made_for = m.get("dataset_sha256")  # absent in files written before fedsim recorded it
+        if made_for is not None and hasattr(dataset, "fingerprint") and made_for != dataset.fingerprint():
+            raise FedsimError(f"{where} was made for other contents of {name} (data sha256 {made_for[:12]}..., now "
+                              f"{dataset.fingerprint()[:12]}...): the files or --normalize changed; make it again "
+                              "with fedsim partition")
 
     def label_counts(self, labels, num_classes: int | None = None, split: str = "train") -> np.ndarray:
         """(clients x classes) sample counts; `labels` is the label array the split's indices point into."""

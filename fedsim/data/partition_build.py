@@ -190,6 +190,8 @@ def build_partition(dataset, scheme: str = "iid", num_clients: int | None = None
         te, teo = owners_to_csr(_test_owner_like(owner, y_train, y_test, n, seed), n)
     meta = {
         "dataset": dataset.name,
+        # the data's content, where the dataset can hash it (a fedsim Dataset): a partition of other data is refused
+        "dataset_sha256": dataset.fingerprint() if hasattr(dataset, "fingerprint") else None,
         "num_train": len(y_train),
         "num_test": len(y_test),
         "num_classes": int(dataset.num_classes),

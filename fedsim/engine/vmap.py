@@ -68,6 +68,9 @@ def vmap_unsupported_reason(model: nn.Module, algorithm=None) -> str | None:
         return f"the algorithm {getattr(algorithm, 'name', type(algorithm).__name__)} needs per-client work " \
                "that vmap cannot batch (vmap_ok = False)"
     for name, m in model.named_modules():
+        if isinstance(m, nn.RNNBase | nn.RNNCellBase):
+            return f"the model has a recurrent layer ({name}: {type(m).__name__}): torch.func.vmap has no batching " \
+                   "rule for its kernel"
         if isinstance(m, _BatchNorm) and m.track_running_stats and m.momentum is None:
             return f"the model has BatchNorm with momentum=None ({name}: its cumulative average divides by " \
                    "float(num_batches_tracked), a per-client number vmap cannot batch)"
