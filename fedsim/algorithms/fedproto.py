@@ -42,6 +42,7 @@ class FedProto(FedAvg):
     name = "fedproto"
     needs_head = True
     personalized = True
+    plain_average = False  # no model is averaged: robust aggregation and DP do not apply
     Params = FedProtoParams
 
     def __init__(self, config, keys, num_clients: int = 1):
