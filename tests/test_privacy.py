@@ -177,3 +177,18 @@ def test_dp_runs_are_reproducible_and_both_executors_agree(tmp_path):
             .drop(columns=list(TIME_COLUMNS)) for name, executor in (("a", "vmap"), ("b", "vmap"), ("c", "sequential"))]
     pd.testing.assert_frame_equal(runs[0], runs[1])
     np.testing.assert_allclose(runs[0]["test_loss"], runs[2]["test_loss"], rtol=1e-4)
+
+
+def test_compare_shows_the_final_epsilon_beside_accuracy(tmp_path):
+    from fedsim.compare import compare_runs
+    from fedsim.compare.table import display_rows
+
+    base = dict(rounds=2, clients=6, fraction=0.5, local_steps=1, quiet=True, out_dir=str(tmp_path))
+    fedsim.run(Config(name="plain", **base))
+    dp_run = fedsim.run(Config(name="dp", dp_noise=1.0, dp_clip="1", **base))
+    summary = compare_runs([tmp_path / "plain.csv", tmp_path / "dp.csv"])
+    cols, rows, _ = display_rows(summary)
+    at = [c.label for c in cols].index("final ε")
+    assert [c.key for c in cols][at - 1] == "final"
+    cells = sorted(row[at] for row in rows)  # the plain run has none
+    assert cells[1] == "–" and float(cells[0]) == pytest.approx(dp_run["epsilon"].iloc[-1], rel=1e-2)

@@ -31,6 +31,8 @@ def columns(summary: Summary) -> list[Column]:
         Column("best", f"best {m}", metric_better, True),
         Column("best_round", "best round", "low"),
     ]
+    if summary.has_epsilon:  # DP runs: the privacy spent, beside the accuracy bought with it
+        cols.insert(3, Column("epsilon", "final ε", "low"))
     if summary.target is not None:
         cols += [Column("rounds_to_target", "rounds to target", "low", True),
                  Column("time_to_target", "time to target", "low", True)]
@@ -58,7 +60,8 @@ def _find_column(cols: Sequence[Column], name: str) -> Column:
 
 # The `Summary.table` field each numeric column is ranked by ({m}: the metric).
 _SORT_FIELD = {
-    "seeds": "n", "final": "final_{m}_mean", "best": "best_{m}_mean", "best_round": "best_round_mean",
+    "seeds": "n", "final": "final_{m}_mean", "epsilon": "epsilon_mean", "best": "best_{m}_mean",
+    "best_round": "best_round_mean",
     "rounds_to_target": "rounds_to_target_mean", "time_to_target": "time_to_target_seconds_mean",
     "total_time": "total_seconds_mean", "total_bytes": "total_bytes_mean",
     "personal_mean": "personal_acc_mean_mean", "personal_p10": "personal_acc_p10_mean",

@@ -40,6 +40,7 @@ class RunSummary:
     total_bytes: float
     personal_mean: float
     personal_p10: float
+    epsilon: float                # the DP epsilon spent by the last row (NaN: not a DP run)
     rounds_completed: int
     rounds_planned: int | None
 
@@ -82,6 +83,7 @@ def summarize_run(run: Run, metric: str, target: float | None = None) -> RunSumm
         total_bytes=float(rows["bytes_up"].sum(min_count=1) + rows["bytes_down"].sum(min_count=1)),
         personal_mean=_last_value(rows, "personal_accuracy_mean"),
         personal_p10=_last_value(rows, "personal_accuracy_p10"),
+        epsilon=_last_value(rows, "epsilon"),
         rounds_completed=int(rows["round"].iloc[-1]) if len(rows) else 0,
         rounds_planned=planned if isinstance(planned, int) else None,
     )
@@ -112,6 +114,10 @@ class Summary:
                    for rs in self.runs for r in rs)
 
     @property
+    def has_epsilon(self) -> bool:
+        return any(not math.isnan(r.epsilon) for rs in self.runs for r in rs)
+
+    @property
     def table(self) -> pd.DataFrame:
         """One row per group: exact numbers (mean/std over seeds), the CSV and JSON exports' columns."""
         m, personal = self.metric, self.has_personal
@@ -125,6 +131,8 @@ class Summary:
             add(f"final_{m}", [r.final for r in rs])
             add(f"best_{m}", [r.best for r in rs])
             add("best_round", [r.best_round for r in rs])
+            if self.has_epsilon:
+                add("epsilon", [r.epsilon for r in rs])
             if self.target is not None:
                 row["target"] = self.target
                 row["seeds_reached_target"] = sum(bool(r.reached) for r in rs)

@@ -91,6 +91,7 @@ def display_rows(summary: Summary) -> tuple[list[Column], list[list[str]], list[
             "final": _fmt_pm([r.final for r in rs]),
             "best": _fmt_pm([r.best for r in rs]),
             "best_round": _fmt_pm([r.best_round for r in rs], _fmt_round, hide_zero=True),
+            "epsilon": _fmt_pm([r.epsilon for r in rs]),
             "total_time": _fmt_scaled([r.total_seconds for r in rs], _TIME_UNITS),
             "total_bytes": _fmt_scaled([r.total_bytes for r in rs], _BYTE_UNITS),
             "personal_mean": _fmt_pm([r.personal_mean for r in rs]),
