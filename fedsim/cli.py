@@ -9,6 +9,7 @@ import typer
 
 from fedsim.commands.compare import compare
 from fedsim.commands.partition import partition
+from fedsim.commands.sweep import sweep
 from fedsim.commands.train import train
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.command()(partition)
 app.command()(train)
+app.command()(sweep)
 app.command()(compare)
 
 

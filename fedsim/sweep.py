@@ -103,7 +103,7 @@ def _describe(kind) -> str:
     return {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "a value")
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, bool):
@@ -145,7 +145,7 @@ def expand(fixed: dict, grid: dict[str, list], sweep_name: str, max_runs: int = 
         for combo in itertools.product(*axes.values()):
             values = dict(zip(axes, combo, strict=True))
             shown = ({"algo": algo} if len(algos) > 1 else {}) | values
-            name = "_".join([sweep_name, *(f"{k}={_fmt(v)}" for k, v in shown.items())])
+            name = "_".join([sweep_name, *(f"{k}={format_value(v)}" for k, v in shown.items())])
             config = Config(**{**base, **values, "algo": algo, "name": name})
             try:
                 config.validate()
@@ -308,6 +308,7 @@ def run_sweep(runs: list[SweepRun], sweep_name: str, out_dir: str, overwrite: bo
     plans = [_plan(run, out, overwrite) for run in runs]
     notify = on_change or (lambda runs: None)
     _write_sweep_file(sweep_file, sweep_name, runs)
+    notify(runs)
     datasets: dict[str, object] = {}
     groups: dict[tuple, list[int]] = {}
     for i, (run, plan) in enumerate(zip(runs, plans, strict=True)):

@@ -69,7 +69,7 @@ def compare(
         if plot is not None:
             lib.plot_curves(summary, plot, x=x.value)
         if format is Format.table:
-            _print_table(lib.render_table(summary))
+            print_table(lib.render_table(summary))
         else:
             text = {Format.markdown: lib.to_markdown, Format.csv: lib.to_csv, Format.json: lib.to_json}
             typer.echo(text[format](summary), nl=False)
@@ -77,7 +77,7 @@ def compare(
             err.print(f"wrote {escape(str(plot))}")
 
 
-def _print_table(table) -> None:
+def print_table(table) -> None:
     from rich.console import Console
     from rich.measure import Measurement
 

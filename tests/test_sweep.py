@@ -1,0 +1,118 @@
+"""`fedsim sweep`: the grid, runs trained together giving each run's CSV as alone, skip/resume, bad input."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import fedsim
+from fedsim.cli import app
+from fedsim.errors import FedsimError
+from fedsim.metrics import TIME_COLUMNS
+from fedsim.sweep import expand, parse_values, run_sweep, stack_key
+
+runner = CliRunner()
+SMALL = {"rounds": 2, "clients": 4, "local_steps": 2, "batch_size": 16, "quiet": True}
+
+
+def test_values_ranges_and_commas_inside_parentheses():
+    assert parse_values("seed", "0-3,7") == [0, 1, 2, 3, 7]
+    assert parse_values("mu", "0.01,1e-3") == [0.01, 0.001]
+    assert parse_values("dataset", "digits,synthetic(0.5,0.5)") == ["digits", "synthetic(0.5,0.5)"]
+    for name, text in (("seed", "3-1"), ("seed", "x"), ("mu", "0.1,,1")):
+        with pytest.raises(FedsimError):
+            parse_values(name, text)
+
+
+def test_an_algorithms_own_option_multiplies_only_its_runs(tmp_path):
+    runs = expand({**SMALL, "out_dir": str(tmp_path)},
+                  {"algo": ["fedavg", "fedprox", "scaffold"], "mu": [0.01, 0.1], "seed": [0, 1, 2]}, "s")
+    assert len(runs) == 3 + 6 + 3 and len({r.name for r in runs}) == len(runs)
+    fedavg = [r for r in runs if r.config.algo == "fedavg"]
+    assert all("mu" not in r.varying and "mu" not in r.name for r in fedavg)
+    assert {(r.config.mu, r.config.seed) for r in runs if r.config.algo == "fedprox"} == \
+        {(m, s) for m in (0.01, 0.1) for s in (0, 1, 2)}
+    assert len({stack_key(r.config) for r in runs}) == 4  # seeds train together; mu, algorithm do not
+
+
+@pytest.mark.parametrize("grid,needle", [
+    ({"out_dir": ["a", "b"]}, "--out-dir cannot vary"),
+    ({"seed": []}, "empty list"),
+    ({"mu": [0.1, 1.0]}, "no algorithm of the sweep reads it"),
+    ({"seed": list(range(20))}, "more than --max-runs 10"),
+    ({"lr": [0.1, -1.0]}, "run s_lr=-1: --lr must be > 0"),
+    ({"algo": ["fedavg", "nope"]}, "unknown algorithm"),
+])
+def test_bad_grids_are_one_line_before_anything_trains(tmp_path, grid, needle):
+    with pytest.raises(FedsimError, match=needle):
+        expand({"out_dir": str(tmp_path)}, grid, "s", max_runs=10)
+    assert not any(tmp_path.iterdir())
+
+
+def rows(path):
+    df = pd.read_csv(path)
+    return df[[c for c in df.columns if c not in TIME_COLUMNS]]
+
+
+def test_each_runs_csv_equals_the_same_run_started_alone(tmp_path):
+    """Two seeds x two mu x two Dirichlet alphas: the seeds and alphas stack, each stack one vmapped step."""
+    runs = expand({**SMALL, "algo": "fedprox", "out_dir": str(tmp_path / "sweep")},
+                  {"seed": [0, 1], "mu": [0.01, 0.1], "dirichlet": [0.5, 5.0]}, "g")
+    assert len(runs) == 8 and len({stack_key(r.config) for r in runs}) == 2
+    run_sweep(runs, "g", str(tmp_path / "sweep"))
+    assert all(r.status == "finished" for r in runs)
+    for run in runs:
+        fedsim.run(run.config, out_dir=str(tmp_path / "alone"))
+        swept, alone = (rows(tmp_path / where / f"{run.name}.csv") for where in ("sweep", "alone"))
+        exact = [c for c in swept.columns if "loss" not in c]
+        assert swept[exact].equals(alone[exact]), run.name
+        for c in ("train_loss", "test_loss"):
+            assert swept[c].to_numpy() == pytest.approx(alone[c].to_numpy(), rel=1e-5), (run.name, c)
+        record = json.loads((tmp_path / "sweep" / f"{run.name}.json").read_text())
+        assert record["status"] == "finished" and "trained together" in record["executor"]["reason"]
+    sweep_file = json.loads((tmp_path / "sweep" / "g.sweep.json").read_text())
+    assert [r["status"] for r in sweep_file["runs"]] == ["finished"] * 8
+    assert sweep_file["grid"]["seed"] == [0, 1]
+
+
+def test_a_stopped_sweep_resumes_to_the_same_csvs_and_skips_finished_runs(tmp_path):
+    fixed = {**SMALL, "rounds": 4, "checkpoint_every": 1}
+    grid = {"seed": [0, 1], "algo": ["fedavg", "scaffold"]}
+    full = expand({**fixed, "out_dir": str(tmp_path / "full")}, grid, "r")
+    run_sweep(full, "r", str(tmp_path / "full"))
+
+    cut = expand({**fixed, "out_dir": str(tmp_path / "cut")}, grid, "r")
+
+    def stop_after_round_2(runs):
+        if any(r.round >= 2 for r in runs if r.status == "running"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cut, "r", str(tmp_path / "cut"), on_change=stop_after_round_2)
+    assert {r.status for r in cut} <= {"stopped", "pending", "finished"} and "stopped" in {r.status for r in cut}
+    again = expand({**fixed, "out_dir": str(tmp_path / "cut")}, grid, "r")
+    run_sweep(again, "r", str(tmp_path / "cut"))
+    assert all(r.status == "finished" for r in again)
+    for run in full:
+        assert rows(tmp_path / "cut" / f"{run.name}.csv").equals(rows(tmp_path / "full" / f"{run.name}.csv"))
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cut").glob("*.csv")}
+    run_sweep(expand({**fixed, "out_dir": str(tmp_path / "cut")}, grid, "r"), "r", str(tmp_path / "cut"))
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cut").glob("*.csv")}  # all skipped
+
+
+def test_cli_dry_run_toml_and_a_diverging_run_that_leaves_the_others_going(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text("rounds = 2\nclients = 4\nlocal_steps = 2\n[sweep]\nseed = [0, 1]\n"
+                                     "lr = [0.05, 1e4]\n")
+    result = runner.invoke(app, ["sweep", "--config", "s.toml", "--dry-run", "--name", "t"])
+    assert result.exit_code == 0 and "4 runs in 2 stack(s)" in result.output, result.output
+    assert not (tmp_path / "results").exists()
+    result = runner.invoke(app, ["sweep", "--config", "s.toml", "--name", "t", "--executor", "sequential"])
+    assert result.exit_code == 3, result.output
+    sweep_file = json.loads((tmp_path / "results" / "t.sweep.json").read_text())
+    statuses = {r["name"]: r["status"] for r in sweep_file["runs"]}
+    assert sorted(statuses.values()) == ["diverged", "diverged", "finished", "finished"]
+    assert all(s == "diverged" for n, s in statuses.items() if "lr=10000" in n)
+    result = runner.invoke(app, ["sweep", "--seed", "0,1", "--out-dir", "a,b", "--rounds", "1"])
+    assert result.exit_code == 2 and "cannot vary" in result.output and not (tmp_path / "a,b").exists()
