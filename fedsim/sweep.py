@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedsim.algorithms import ALGORITHMS, algorithm_options, options_of
+from fedsim.algorithms import ALGORITHMS, algorithm_options, options_of, per_client_options
 from fedsim.config import FIELDS, Config, field_types, options_from, read_toml
 from fedsim.errors import DivergenceError, FedsimError
 
@@ -183,9 +183,10 @@ def grid_from_toml(path) -> tuple[dict, dict]:
 
 
 def stack_key(config: Config) -> str:
-    """Runs with equal keys can train together: they differ only in options that leave a local step alone."""
-    return json.dumps({k: v for k, v in config.to_dict().items() if k not in STACKABLE}, sort_keys=True,
-                      default=str)
+    """Runs with equal keys can train together: they differ only in options that leave a local step alone, or
+    that their algorithm hands each client as a tensor (FedProx's mu: `per_client` in its declaration)."""
+    apart = STACKABLE | per_client_options(config.algo)
+    return json.dumps({k: v for k, v in config.to_dict().items() if k not in apart}, sort_keys=True, default=str)
 
 
 class Stack:

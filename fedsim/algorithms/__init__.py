@@ -101,6 +101,12 @@ def options_of(algo: str) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(algorithm_class(algo).Params))
 
 
+def per_client_options(algo: str) -> frozenset[str]:
+    """The options `algo` hands its phases in each client's ctx (declared `per_client`): runs of a sweep that
+    differ only in them train together."""
+    return frozenset(f.name for f in dataclasses.fields(algorithm_class(algo).Params) if f.metadata["per_client"])
+
+
 def algorithms_help() -> str:
     """One line naming every algorithm with its own options, the personalized ones apart."""
     def entry(algo: str) -> str:

@@ -16,15 +16,18 @@ from fedsim.core.params import Params, option
 
 @dataclass(frozen=True)
 class FedProxParams(Params):
-    mu: float = option(0.01, "proximal weight (0 = FedAvg; the paper tunes it in {0.001, 0.01, 0.1, 1})", low=0)
+    mu: float = option(0.01, "proximal weight (0 = FedAvg; the paper tunes it in {0.001, 0.01, 0.1, 1})", low=0,
+                       per_client=True)
 
 
-def proximal_penalty(weight: float, keys) -> Callable:
-    """(weight/2)·||w − w_global||² over `keys`, reading the global weights from ctx["global"]."""
+def proximal_penalty(weight: float | str, keys) -> Callable:
+    """(weight/2)·||w − w_global||² over `keys`, reading the global weights from ctx["global"]; a `weight` that
+    is a name is read from ctx too (a per-client tensor, so runs of a sweep with other weights train together)."""
     keys = tuple(keys)
 
     def penalty(params, ctx: dict):
-        return 0.5 * weight * sum(((params[k] - ctx["global"][k]) ** 2).sum() for k in keys if k in params)
+        w = ctx[weight] if isinstance(weight, str) else weight
+        return 0.5 * w * sum(((params[k] - ctx["global"][k]) ** 2).sum() for k in keys if k in params)
 
     return penalty
 
@@ -35,7 +38,8 @@ class FedProx(FedAvg):
     straggler_policy = "partial"  # the paper's systems heterogeneity: stragglers' partial work is averaged in
 
     def phases(self):
-        return [Phase(penalty=proximal_penalty(self.params.mu, self.shared_params))]
+        return [Phase(penalty=proximal_penalty("mu", self.shared_params))]
 
     def client_context(self, server, store, client):
-        return {"global": {k: server.model[k] for k in self.shared_params}}
+        shared = {k: server.model[k] for k in self.shared_params}
+        return {"global": shared, "mu": next(iter(shared.values())).new_tensor(self.params.mu)}

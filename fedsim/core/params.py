@@ -39,9 +39,11 @@ class Range:
         return "finite"
 
 
-def option(default, help: str, *, low=None, high=None, low_open=False, high_open=False):
-    """A Params field: its default, its --help text, and the range its values must lie in (checked on use)."""
-    return dataclasses.field(default=default, metadata={"help": help,
+def option(default, help: str, *, low=None, high=None, low_open=False, high_open=False, per_client=False):
+    """A Params field: its default, its --help text, and the range its values must lie in (checked on use).
+    `per_client`: the algorithm hands the value to its phases in each client's ctx (a tensor), not in the phase
+    functions, so a sweep trains runs that differ only in it together (fedsim.sweep)."""
+    return dataclasses.field(default=default, metadata={"help": help, "per_client": per_client,
                                                         "range": Range(low, high, low_open, high_open)})
 
 
