@@ -7,7 +7,9 @@ Differs from FedAvg in two places. During federated training the head (by defaul
 averages and sends only the base. Before personalized evaluation every client fine-tunes the whole model (body and
 head) for `--finetune-epochs` epochs on its own training data from the current global model; the fine-tuned models
 are evaluated and dropped, never kept or sent (the engine runs `personalization_phases`, fedsim/experiment.py).
-The test-accuracy columns are the global model's, with its untrained head.
+The test-accuracy columns are the global model's, with its untrained head. Each evaluated round costs
+--finetune-epochs epochs over every client's data (all clients at once under the vmap executor): --eval-every
+spaces them out.
 Deviations: the fine-tuning runs at every evaluated round (the paper reports it at the end; PFLlib fine-tunes once,
 after the last round), with the client optimizer, --lr (decayed as in that round) and --batch-size of training;
 --finetune-epochs 0 evaluates the global model itself. --freeze-base is refused (the head is what stays frozen).
