@@ -23,12 +23,14 @@ from fedsim.config import Config
 from fedsim.core import rng
 from fedsim.core.hooks import ClientJob, ClientStore, ModelKeys
 from fedsim.core.state import clone, model_state
+from fedsim.engine import distributed
 from fedsim.engine.evaluate import personal_summary, predict
 from fedsim.engine.executors import make_executor
 from fedsim.engine.local import ClientData, LocalSpec
 from fedsim.engine.optim import OptimizerSpec
 from fedsim.engine.round import run_round
 from fedsim.engine.stragglers import Stragglers
+from fedsim.engine.threads import cpu_count
 from fedsim.errors import DivergenceError, FedsimError
 from fedsim.metrics import CSV_COLUMNS, RunWriter, read_rows
 from fedsim.privacy import COLUMNS as PRIVACY_COLUMNS
@@ -53,22 +55,23 @@ class Experiment:
     malicious: np.ndarray | None = None  # the attacking clients (--attack), None: no attack
     transforms: tuple = ()  # run_round's changes to what the clients send (a model attack, local DP's noise)
     privacy: object = None  # fedsim.privacy.Privacy (--dp-noise, --dp-epsilon), None: no DP
+    ranks: object = None  # under torchrun: this process's share of the work (engine.distributed.Ranks)
 
     def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
 
 
-def setup(config: Config, model=None, dataset=None, executor_factory=make_executor) -> Experiment:
+def setup(config: Config, model=None, dataset=None, executor_factory=make_executor, ranks=None) -> Experiment:
     """Build the experiment. `model`: an nn.Module (its weights are the initial model) or a factory
     `f(input_shape, num_classes)`, instead of `config.model`; `dataset`: a fedsim Dataset instead of
     `config.dataset` (see `run`); `executor_factory`: engine.executors.make_executor's signature (a sweep
-    passes one that trains its runs together)."""
+    passes one that trains its runs together); `ranks`: torchrun's processes, which share each cohort."""
     from fedsim.data.partition_build import partition_for_config
     from fedsim.device import resolve_device
     from fedsim.models import bn_state_keys, build_model, find_head, split_state_keys
 
     config.validate()
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if ranks is None else ranks.device(resolve_device(config.device))
     if dataset is None:
         dataset = load_config_dataset(config)
     partition = partition_for_config(config, dataset)
@@ -76,6 +79,9 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     eligible = int((partition.train_sizes > 0).sum())
     if config.min_clients > eligible:
         raise FedsimError(f"--min-clients {config.min_clients} is more than the {eligible} clients with data")
+    if ranks is not None:
+        ranks = ranks.for_run(partition.train_sizes, config.local_epochs, config.local_steps, config.batch_size,
+                              cohort_size(config, eligible))
 
     algo_cls = algorithm_class(config.algo)
     if config.freeze_base and not algo_cls.personalized:
@@ -108,11 +114,14 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
                      config.seed)
     algorithm.attach(model, data)
+    threads = config.threads  # under torchrun on the CPU: this machine's cores shared out among its ranks
+    if threads is None and ranks is not None and device.type == "cpu":
+        threads = ranks.cpu_threads(cpu_count())
     executor = executor_factory(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile,
-                             config.threads)
+                             threads)
     executor.threads.apply()
     return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, robust.malicious,
-                      robust.transforms + (() if privacy is None else privacy.transforms), privacy)
+                      robust.transforms + (() if privacy is None else privacy.transforms), privacy, ranks)
 
 
 def cohort_size(config: Config, eligible: int) -> int:
@@ -218,6 +227,7 @@ def run_record(exp: Experiment) -> dict:
                      "threads": exp.executor.threads.describe()},
         **({} if exp.malicious is None else {"malicious_clients": exp.malicious.tolist()}),
         **({} if exp.privacy is None else {"privacy": exp.privacy.record}),
+        "processes": 1 if exp.ranks is None else exp.ranks.world_size,  # torchrun's ranks sharing each cohort
         "status": "running",
     }
 
@@ -259,7 +269,15 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
             return pd.DataFrame(read_rows(checkpoint.path.with_suffix(".csv"), checkpoint.round)[1])
     if dataset is not None:
         config = dataclasses.replace(config, dataset=dataset.name)
-    exp = setup(config, model=model, dataset=dataset, executor_factory=executor_factory)
+    from fedsim.device import resolve_device
+
+    ranks = distributed.join(resolve_device(config.device).type)  # None in one process
+
+    def build() -> Experiment:
+        return setup(config, model=model, dataset=dataset, executor_factory=executor_factory, ranks=ranks)
+
+    # under torchrun, an error on any rank is one line on all, and the ranks must agree on what they run
+    exp = build() if ranks is None else ranks.agree(build, lambda exp: _what_ranks_share(exp, checkpoint))
     partition_sha256 = exp.partition.meta.get("sha256")
     if checkpoint is None:
         start = Progress(0, exp.algorithm.init_server(model_state(exp.model)), {})
@@ -272,6 +290,10 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     check_installed(config.log)  # a missing tracking extra is one line, before anything is written
     stragglers = Stragglers(config.stragglers, config.straggler_policy or exp.algorithm.straggler_policy,
                             config.client_dropout, config.local_epochs, config.local_steps, config.seed)
+    if exp.ranks is not None and not exp.ranks.lead:  # ranks 1, 2, ...: their shares; rank 0 evaluates and writes
+        for _ in _round_loop(exp, None, start, stragglers):
+            pass
+        return pd.DataFrame()
     writer = RunWriter(config.out_dir, config.run_name(), config.overwrite, run_record(exp),
                        resume_round=None if checkpoint is None else checkpoint.round,
                        columns=CSV_COLUMNS + ([] if exp.malicious is None else ["malicious"]) + stragglers.columns
@@ -336,8 +358,9 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _round_loop(exp: Experiment, writer: RunWriter, start: Progress, stragglers: Stragglers):
+def _round_loop(exp: Experiment, writer: RunWriter | None, start: Progress, stragglers: Stragglers):
     """Rounds start.round + 1 to --rounds; yields (the Progress after the round, its row or None) for each.
+    Without a `writer` (torchrun's ranks other than 0) nothing is evaluated or written.
 
     A round is complete once aggregated and its row (when due) written; the Progress yielded then does not
     change afterwards (the store's `put` replaces entries), so it can be checkpointed at any later moment.
@@ -356,14 +379,14 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress, stragglers:
         lr = config.lr * config.lr_decay ** (r - 1)
         down = algo.bytes_down(server)  # the cohort receives the server's state from before the round
         plan = stragglers.plan(exp.cohort(r, eligible, size), r)  # who trains, and the stragglers' work
-        result = run_round(algo, exp.executor, server, store, plan.train, r, lr, exp.transforms, plan.work)
+        result = run_round(algo, exp.executor, server, store, plan.train, r, lr, exp.transforms, plan.work, exp.ranks)
         server = result.server
         if exp.privacy is not None:
             server = exp.privacy.after_round(server)
         sent_up += bytes_sent_up(algo, server, result.sent)
         sent_down += len(plan.cohort) * down
         row = None
-        if r % config.eval_every == 0 or r == config.rounds:
+        if writer is not None and (r % config.eval_every == 0 or r == config.rounds):
             row = {"round": r, "clients": len(result.sent),
                    "train_loss": float(np.average([x.loss for x in result.sent],
                                                   weights=[x.num_samples for x in result.sent]))
@@ -382,6 +405,14 @@ def _round_loop(exp: Experiment, writer: RunWriter, start: Progress, stragglers:
             row["elapsed_seconds"] = now - started
             writer.append(row)
         yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started), row
+
+
+def _what_ranks_share(exp: Experiment, checkpoint: Checkpoint | None) -> dict:
+    """What every torchrun rank of a run must have alike (`Ranks.agree`): where the data are read from may differ."""
+    config = {k: v for k, v in exp.config.to_dict().items() if k not in ("data_dir", "download")}
+    return {"config": config, "dataset": exp.dataset.fingerprint(), "partition": exp.partition.meta.get("sha256"),
+            "initial model": weights_sha256(model_state(exp.model)), "fedsim version": __version__,
+            "torch version": torch.__version__, "checkpoint": None if checkpoint is None else checkpoint.round}
 
 
 def bytes_sent_up(algo, server, sent) -> int:

@@ -14,7 +14,7 @@ from fedsim.commands.train import train
 from fedsim.config import FIELDS, Config
 
 runner = CliRunner()
-CLI_ONLY = {"ctx", "config", "show_split", "resume"}
+CLI_ONLY = {"ctx", "config", "show_split", "resume", "nproc"}
 
 
 def test_every_train_option_is_a_config_field_with_its_default():

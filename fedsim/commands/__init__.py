@@ -15,13 +15,16 @@ def stderr_console():
 
 @contextmanager
 def user_errors():
-    """Turn a FedsimError into one line on stderr and its exit code (never a traceback)."""
+    """Turn a FedsimError into one line on stderr and its exit code (never a traceback). Under torchrun only rank
+    0 prints it: the ranks meet at start-up, so rank 0 reports an error that any rank found."""
     from rich.markup import escape
 
+    from fedsim.engine.distributed import process_rank
     from fedsim.errors import FedsimError
 
     try:
         yield
     except FedsimError as e:
-        stderr_console().print(f"[bold red]error:[/] {escape(str(e))}")
+        if process_rank() == 0:
+            stderr_console().print(f"[bold red]error:[/] {escape(str(e))}")
         raise typer.Exit(e.exit_code) from None

@@ -186,6 +186,10 @@ def train(
              "with its options. Only these may change: --rounds (to extend it), --eval-every, --checkpoint-every, "
              "--executor, --cohort-chunk, --compile, --threads, --device, --data-dir, --partition (same content).")
     ] = None,
+    nproc: Annotated[int | None, typer.Option(
+        metavar="N", show_default=False, rich_help_panel=_RUN,
+        help="Run in N processes on this machine, each training its share of every round's cohort (launches "
+             "torchrun: the same as `torchrun --nproc-per-node N -m fedsim train ...`); the same CSV.")] = None,
     out_dir: Annotated[str, typer.Option(help="Folder for <name>.csv, <name>.json and <name>.ckpt.",
                                          rich_help_panel=_RUN)] = "results",
     name: Annotated[str | None, typer.Option(help="Run name (default <dataset>-<algo>-<model>-seed<seed>).",
@@ -206,12 +210,15 @@ def train(
     """Train with a federated algorithm; one CSV row per evaluated round in --out-dir."""
     from fedsim.checkpoint import load_checkpoint
     from fedsim.config import Config, config_from_toml
+    from fedsim.errors import FedsimError
     from fedsim.experiment import run
 
     with user_errors():
+        if nproc is not None and nproc < 1:
+            raise FedsimError(f"--nproc must be >= 1 (got {nproc})")
         values = config_from_toml(config) if config is not None else {}
         given = {k: v for k, v in ctx.params.items()
-                 if k not in ("config", "show_split", "resume") and _from_command_line(ctx, k)}
+                 if k not in ("config", "show_split", "resume", "nproc") and _from_command_line(ctx, k)}
         values.update({k: v.value if isinstance(v, Enum) else v for k, v in given.items()})
         checkpoint = None
         if resume is None:
@@ -222,11 +229,18 @@ def train(
         cfg.validate()
         if show_split:
             _show_split(cfg)
-        elif checkpoint is None:
-            _train(cfg, lambda on_round: run(cfg, on_round=on_round))
-        elif checkpoint.round >= cfg.rounds:  # exit 0: the run is where it was asked to be
+        elif checkpoint is not None and checkpoint.round >= cfg.rounds:  # exit 0: where it was asked to be
             stderr_console().print(f"run {cfg.run_name()!r} already completed {checkpoint.round} rounds (--rounds "
                                    f"{cfg.rounds}): nothing to resume; pass a larger --rounds to extend it")
+        elif nproc is not None and nproc > 1:  # this command again, in nproc processes: torchrun's
+            from fedsim.engine.distributed import launch
+
+            csv = Path(cfg.out_dir) / (cfg.run_name() + ".csv")
+            raise typer.Exit(launch(nproc, _arguments_without_nproc(), f"the rows written so far are in {csv}"
+                                    + (f"; continue with: fedsim train --resume {csv} --nproc {nproc}"
+                                       if cfg.checkpoint_every else "")))
+        elif checkpoint is None:
+            _train(cfg, lambda on_round: run(cfg, on_round=on_round))
         else:
             _train(cfg, lambda on_round: run(resume=checkpoint, on_round=on_round, **values), checkpoint.round)
 
@@ -268,15 +282,36 @@ def _show_split(cfg) -> None:
     Console().print(describe_split(model, find_head(model, cfg.head)))
 
 
+def _arguments_without_nproc() -> list[str]:
+    """This command line from `train` on, less --nproc: what each of torchrun's processes runs."""
+    import sys
+
+    from fedsim.errors import FedsimError
+
+    args = sys.argv[1:]
+    if "train" not in args:
+        raise FedsimError("--nproc is for the command line (fedsim train ... --nproc N)")
+    kept, skip = [], False
+    for arg in args[args.index("train"):]:
+        if not skip and arg != "--nproc" and not arg.startswith("--nproc="):
+            kept.append(arg)
+        skip = arg == "--nproc"
+    return kept
+
+
 def _train(cfg, run_rounds, done: int = 0) -> None:
-    """`run_rounds(on_round)` runs the experiment: a new one, or one resumed after round `done`."""
+    """`run_rounds(on_round)` runs the experiment: a new one, or one resumed after round `done`. Under torchrun
+    only rank 0 speaks, and `fedsim train --nproc` says where a stopped run's rows are itself."""
+    from fedsim.engine.distributed import reports_stops
+
     out = stderr_console()
     try:
         df = _run_with_progress(cfg, out, run_rounds, done)
     except KeyboardInterrupt:
         csv = Path(cfg.out_dir) / (cfg.run_name() + ".csv")
-        out.print(f"stopped; the rows written so far are in {csv}"
-                  + (f"; continue with: fedsim train --resume {csv}" if cfg.checkpoint_every else ""))
+        if reports_stops():
+            out.print(f"stopped; the rows written so far are in {csv}"
+                      + (f"; continue with: fedsim train --resume {csv}" if cfg.checkpoint_every else ""))
         raise typer.Exit(130) from None
     if not cfg.quiet:
         _print_summary(cfg, df)
@@ -285,7 +320,9 @@ def _train(cfg, run_rounds, done: int = 0) -> None:
 def _run_with_progress(cfg, out, run_rounds, done: int):
     import sys
 
-    if cfg.quiet:
+    from fedsim.engine.distributed import process_rank
+
+    if cfg.quiet or process_rank() != 0:
         df = run_rounds(None)
     elif sys.stderr.isatty():
         df = _run_with_bar(cfg, out, run_rounds, done)

@@ -3,6 +3,7 @@
     jobs     = algorithm.client_job(...) for each client of the cohort   (what each client starts from)
     results  = executor.train(phases, jobs)                             (local training, any executor)
     sent     = algorithm.client_finish(...) for each result              (what the client keeps and sends)
+    sent     = ranks.gather(...)     under torchrun: each process trained a share; all get the whole cohort's
     sent     = transform(sent, server, round) for each of `transforms`   (attacks, local DP: what goes up)
     server   = algorithm.aggregate(server, sent)                         (the server update)
 
@@ -39,20 +40,23 @@ class RunRound:
     seed: int | None = None
     transforms: Sequence[Callable] = ()  # f(sent, server, round) -> sent, in order, after client_finish
     work: dict | None = None  # client -> its ClientJob's local-work override (a straggler's {"epochs": e})
+    ranks: object = None  # under torchrun: the processes sharing this run's cohort (engine.distributed.Ranks)
 
 
 def run_round(algorithm, executor, server: ServerState, store: ClientStore, cohort, round: int,
-              lr: float, transforms: Sequence[Callable] = (), work: dict | None = None) -> RoundResult:
+              lr: float, transforms: Sequence[Callable] = (), work: dict | None = None, ranks=None) -> RoundResult:
     """Train `cohort` (client ids) from `server` and aggregate; `store` gets the clients' kept state.
     `transforms`, each `f(sent, server, round) -> sent`, change what the clients send, in order, after
     `client_finish` (a malicious client's attack, local differential privacy's noise). `work`: per client, a
     ClientJob override of its local work (fedsim.engine.stragglers). A round where no client sends leaves
-    the server as it was.
+    the server as it was. `ranks` (fedsim.engine.distributed.Ranks, under torchrun): this process trains its
+    share of the cohort, then every process gathers what the whole cohort sent and keeps, so that all of them
+    aggregate the same inputs into the same server state.
 
     Raises DivergenceError naming the round and the client when a loss or a weight becomes NaN/inf.
     """
     (outcome,) = run_stacked_round(executor, [RunRound(algorithm, server, store, cohort, transforms=transforms,
-                                                       work=work)], round, lr)
+                                                       work=work, ranks=ranks)], round, lr)
     if isinstance(outcome, DivergenceError):
         raise outcome
     return outcome
@@ -64,7 +68,7 @@ def run_stacked_round(executor, runs: list[RunRound], round: int, lr: float) -> 
     or the DivergenceError that stops that run alone."""
     jobs, owner = [], []
     for i, run in enumerate(runs):
-        for c in run.cohort:
+        for c in run.cohort if run.ranks is None else run.ranks.share(run.cohort, run.work):
             job = run.algorithm.client_job(run.server, run.store, int(c))
             if len(runs) > 1:
                 job.rows, job.seed = run.rows + int(c), run.seed
@@ -84,10 +88,14 @@ def run_stacked_round(executor, runs: list[RunRound], round: int, lr: float) -> 
 
 
 def _finish(run: RunRound, results: list[ClientResult], round: int, lr: float) -> RoundResult:
-    for res in results:
-        if not math.isfinite(res.loss) or not is_finite(res.states[-1], res.states[-1]):
-            diverged(round, res.client, res.last_finite_loss, lr)
-    sent = [run.algorithm.client_finish(run.server, run.store, res) for res in results]
+    bad = next((res for res in results if not math.isfinite(res.loss) or not is_finite(res.states[-1], res.states[-1])),
+               None)
+    sent = [] if bad is not None else [run.algorithm.client_finish(run.server, run.store, res) for res in results]
+    if run.ranks is not None:  # the whole cohort's, on every process (the first diverged client of the cohort)
+        device = next(iter(run.server.model.values())).device
+        bad, sent = run.ranks.gather(run.cohort, bad, sent, run.store, round, device)
+    if bad is not None:
+        diverged(round, bad.client, bad.last_finite_loss, lr)
     for transform in run.transforms:
         sent = transform(sent, run.server, round)
     if not sent:  # every client failed or was dropped: nothing to aggregate
