@@ -186,6 +186,8 @@ def stack_key(config: Config) -> str:
     """Runs with equal keys can train together: they differ only in options that leave a local step alone, or
     that their algorithm hands each client as a tensor (FedProx's mu: `per_client` in its declaration)."""
     apart = STACKABLE | per_client_options(config.algo)
+    if config.attack == "label-flip":  # its poisoned labels depend on the run's seed and partition: not shared
+        apart = {"quiet", "overwrite"}
     return json.dumps({k: v for k, v in config.to_dict().items() if k not in apart}, sort_keys=True, default=str)
 
 
@@ -221,6 +223,8 @@ class Stack:
                 self.data = ClientData(data.x, data.y, data.indices, np.asarray(data.offsets))
                 self.executor = make_executor(name, model, self.data, spec, algorithm, chunk, compile, threads)
                 rows = 0
+            elif data.x is not self.data.x or data.y is not self.data.y:  # stack_key keeps such runs apart
+                raise RuntimeError("runs of one stack must train on the same data tensors")
             else:
                 rows = len(self.data.offsets) - 1
                 self.data.indices = torch.cat([self.data.indices, data.indices])
