@@ -19,7 +19,7 @@ def user_errors():
     0 prints it: the ranks meet at start-up, so rank 0 reports an error that any rank found."""
     from rich.markup import escape
 
-    from fedsim.engine.distributed import process_rank
+    from fedsim.engine.distributed import note_reported, process_rank
     from fedsim.errors import FedsimError
 
     try:
@@ -27,4 +27,5 @@ def user_errors():
     except FedsimError as e:
         if process_rank() == 0:
             stderr_console().print(f"[bold red]error:[/] {escape(str(e))}")
+            note_reported()
         raise typer.Exit(e.exit_code) from None

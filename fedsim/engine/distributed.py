@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from fedsim.errors import FedsimError
 
 TIMEOUT_ENV = "FEDSIM_COLLECTIVE_TIMEOUT"
-LAUNCHER_ENV = "FEDSIM_NPROC_LAUNCHER"  # set by `launch` for its ranks
+LAUNCHER_ENV = "FEDSIM_NPROC_REPORT"  # set by `launch` for its ranks: a file rank 0 marks once it printed an error
 DEFAULT_TIMEOUT_SECONDS = 600.0
 
 
@@ -48,6 +48,13 @@ def reports_stops() -> bool:
     """Whether this process says where a stopped run's rows are: rank 0, unless `launch` started it (then the
     launcher, which knows whether Ctrl-C or another rank's end stopped the run, says it once)."""
     return process_rank() == 0 and LAUNCHER_ENV not in os.environ
+
+
+def note_reported() -> None:
+    """Rank 0 printed an error's one line: `launch` then adds none of its own."""
+    if LAUNCHER_ENV in os.environ:
+        with open(os.environ[LAUNCHER_ENV], "a") as report:
+            report.write("reported\n")
 
 
 def under_torchrun() -> bool:
@@ -139,7 +146,7 @@ class Ranks:
             reason = _first_line(e)
             raise FedsimError(f"rank {self.rank} lost contact with the other processes during {during} ({reason}): "
                               f"another rank ended, or none answered within {self.timeout:g} s "
-                              f"(${TIMEOUT_ENV}); every rank stops") from None
+                              f"(${TIMEOUT_ENV}); every rank stops (resume the run with --resume)") from None
         return gathered
 
     def agree(self, build: Callable[[], object], describe: Callable[[object], dict]) -> object:
@@ -279,10 +286,10 @@ def torchrun_available() -> bool:
 
 def launch(nproc: int, args: list[str], stopped: str = "") -> int:
     """`python -m torch.distributed.run --nproc-per-node nproc -m fedsim <args>` on this machine, run in this
-    process so that a stop is one line here rather than torchrun's pages of report. Returns the exit code: rank
-    0's when it failed first or said why in its one line (2, 3), else 130 after Ctrl-C, 2 when another rank
-    ended first (one line names it, then `stopped`: where the rows are, how to resume), 0 when all finished.
-    FedsimError when torchrun cannot be started."""
+    process so that a stop is one line rather than torchrun's pages of report. Returns the exit code: 0 when all
+    finished; rank 0's when it printed an error's one line (2, 3: bad input, divergence, a lost rank); 130 after
+    Ctrl-C; else 2, with one line naming the rank that ended first, then `stopped` (where the rows are, how to
+    resume). FedsimError when torchrun cannot be started."""
     if under_torchrun() or "TORCHELASTIC_RUN_ID" in os.environ:
         raise FedsimError("--nproc inside torchrun: torchrun already started the processes; drop --nproc")
     if not torchrun_available():
@@ -291,6 +298,8 @@ def launch(nproc: int, args: list[str], stopped: str = "") -> int:
     import logging
     import signal
     import sys
+    import tempfile
+    from pathlib import Path
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -301,20 +310,24 @@ def launch(nproc: int, args: list[str], stopped: str = "") -> int:
     # torchrun's own logs (the thread-count notice, a failed rank's report) are for its users, not ours
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_count() // nproc)))
-    os.environ[LAUNCHER_ENV] = "1"  # rank 0 leaves the report of a stop to this process
-    try:
-        run(parse_args(["--nproc-per-node", str(nproc), "--module", "fedsim", *args]))
-    except (KeyboardInterrupt, SignalException):
-        sys.stderr.write(f"stopped; {stopped}\n" if stopped else "stopped\n")
-        return 130
-    except ChildFailedError as e:
-        rank, first = e.get_first_failure()
-        lead = e.failures.get(0)
-        if lead is not None and (lead.exitcode in (2, 3) or rank == 0 and lead.exitcode > 0):
-            return lead.exitcode
-        how = (f"was killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0
-               else f"exited with code {first.exitcode}")
-        sys.stderr.write(f"error: rank {rank} (pid {first.pid}) {how}, and every rank stopped"
-                         + (f"; {stopped}" if stopped else "") + "\n")
-        return 2
+    with tempfile.TemporaryDirectory() as folder:
+        report = Path(folder) / "reported"
+        os.environ[LAUNCHER_ENV] = str(report)
+        try:
+            run(parse_args(["--nproc-per-node", str(nproc), "--module", "fedsim", *args]))
+        except (KeyboardInterrupt, SignalException):
+            sys.stderr.write(f"stopped; {stopped}\n" if stopped else "stopped\n")
+            return 130
+        except ChildFailedError as e:
+            rank, first = e.get_first_failure()
+            if report.exists():  # rank 0 said why (bad input, divergence, a lost rank): its exit code
+                lead = e.failures.get(0)
+                return next((f.exitcode for f in (lead, first) if f is not None and f.exitcode > 0), 2)
+            how = (f"was killed by {signal.Signals(-first.exitcode).name}" if first.exitcode < 0
+                   else f"exited with code {first.exitcode}")
+            sys.stderr.write(f"error: rank {rank} (pid {first.pid}) {how}, and every rank stopped"
+                             + (f"; {stopped}" if stopped else "") + "\n")
+            return 2
+        finally:
+            del os.environ[LAUNCHER_ENV]
     return 0
