@@ -52,7 +52,8 @@ def check_setup(config, plain_average: bool, cohort_size: int, eligible: int) ->
     if config.aggregate != "mean":
         if not plain_average:
             raise FedsimError(f"--aggregate {config.aggregate} replaces the mean of the clients' models, which "
-                              f"{config.algo} does not take (it weighs clients its own way): use another --algo")
+                              f"{config.algo} does not take (it weighs clients its own way, or averages no model): "
+                              "use another --algo")
         if config.aggregate in ("krum", "multi-krum"):
             f = krum_f(config.krum_f, n)
             if n < 2 * f + 3 or f < 0:
