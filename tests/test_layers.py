@@ -20,6 +20,8 @@ FORBIDDEN = {
     "models": ("fedsim.algorithms", "fedsim.engine", "fedsim.experiment", "fedsim.commands", "fedsim.cli",
                "fedsim.data"),
 }
+# privacy and robust aggregation replace FedAvg.averaging and transform what clients send: core's types only
+FORBIDDEN["privacy"] = FORBIDDEN["robust"] = FORBIDDEN["algorithms"] + ("fedsim.algorithms",)
 
 
 def imported_modules(path: Path) -> set[str]:
