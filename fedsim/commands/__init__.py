@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 
 import typer
@@ -29,3 +30,21 @@ def user_errors():
             stderr_console().print(f"[bold red]error:[/] {escape(str(e))}")
             note_reported()
         raise typer.Exit(e.exit_code) from None
+
+
+def with_options(command, added: list[inspect.Parameter]):
+    """`command` with the keyword options `added` after its own: Typer reads the signature, and the command's
+    body reads their values from ctx.params (it takes them as **kwargs). Options built from declarations (the
+    algorithms', Config's) are added so, never written out a second time."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    command.__signature__ = signature.replace(parameters=own + added)
+    command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in added}}
+    return command
+
+
+def from_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was given (not left at its default). By name: Typer carries its own copy of click,
+    whose ParameterSource is another class."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")

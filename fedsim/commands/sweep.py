@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fedsim.commands import stderr_console, user_errors
+from fedsim.commands import from_command_line, stderr_console, user_errors, with_options
 
 _SWEEP = "Sweep"
 _VALUES_HELP = "Values, comma-separated (integers also A-B: 0-4 is 0,1,2,3,4); see `fedsim train --help`."
@@ -51,7 +51,7 @@ def sweep(
             raise FedsimError(f"--out-dir cannot vary in a sweep: give one folder (got {out_dir!r})")
         fixed, grid = lib.grid_from_toml(config) if config is not None else ({}, {})
         for key, value in ctx.params.items():
-            if key in SWEEP_ONLY or not _from_command_line(ctx, key):
+            if key in SWEEP_ONLY or not from_command_line(ctx, key):
                 continue
             if isinstance(value, bool):
                 fixed[key] = value
@@ -88,9 +88,7 @@ def _with_run_options(command):
     numbers, every other option takes text holding one or several values."""
     from fedsim.config import FIELDS, field_types
 
-    signature = inspect.signature(command, eval_str=True)
-    own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    taken = {p.name for p in own}
+    taken = set(inspect.signature(command).parameters)
     added = []
     for field_name in FIELDS:
         if field_name in taken:
@@ -107,17 +105,10 @@ def _with_run_options(command):
         default = FIELDS[field_name].default if kind is bool else None
         added.append(inspect.Parameter(field_name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                        annotation=annotation))
-    command.__signature__ = signature.replace(parameters=own + added)
-    command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in added}}
-    return command
+    return with_options(command, added)
 
 
 sweep = _with_run_options(sweep)
-
-
-def _from_command_line(ctx: typer.Context, name: str) -> bool:
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _print_plan(runs, lib) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from fedsim.algorithms import algorithm_options, algorithms_help
-from fedsim.commands import stderr_console, user_errors
+from fedsim.commands import from_command_line, stderr_console, user_errors, with_options
 from fedsim.commands.options import (
     PARTITION,
     ClientsOpt,
@@ -218,7 +218,7 @@ def train(
             raise FedsimError(f"--nproc must be >= 1 (got {nproc})")
         values = config_from_toml(config) if config is not None else {}
         given = {k: v for k, v in ctx.params.items()
-                 if k not in ("config", "show_split", "resume", "nproc") and _from_command_line(ctx, k)}
+                 if k not in ("config", "show_split", "resume", "nproc") and from_command_line(ctx, k)}
         values.update({k: v.value if isinstance(v, Enum) else v for k, v in given.items()})
         checkpoint = None
         if resume is None:
@@ -247,9 +247,7 @@ def train(
 
 def _with_algorithm_options(command):
     """Give `command` one option per algorithm option, from the algorithms' own declarations (their one source:
-    name, type, default, help). Typer reads the signature; the body reads the values from ctx.params."""
-    signature = inspect.signature(command, eval_str=True)
-    general = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    name, type, default, help)."""
     added = []
     for option in algorithm_options().values():
         kind = option.type if option.default is not None else option.type | None
@@ -257,18 +255,10 @@ def _with_algorithm_options(command):
                                                   show_default=False, rich_help_panel=_ALGO)]
         added.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
                                        annotation=annotation))
-    command.__signature__ = signature.replace(parameters=general + added)
-    command.__annotations__ = {**command.__annotations__, **{p.name: p.annotation for p in added}}
-    return command
+    return with_options(command, added)
 
 
 train = _with_algorithm_options(train)
-
-
-def _from_command_line(ctx: typer.Context, name: str) -> bool:
-    # By name: Typer may carry its own copy of click, whose ParameterSource is another class.
-    source = ctx.get_parameter_source(name)
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _show_split(cfg) -> None:
