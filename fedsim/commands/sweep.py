@@ -12,13 +12,14 @@ import typer
 from fedsim.commands import from_command_line, stderr_console, user_errors, with_options
 
 _SWEEP = "Sweep"
-_VALUES_HELP = "Values, comma-separated (integers also A-B: 0-4 is 0,1,2,3,4); see `fedsim train --help`."
+_VALUES_HELP = "Several values: comma-separated (integers also A-B: 0-4 is 0,1,2,3,4)."
 
 
 def sweep(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(
-        help="TOML file: fixed options at the top level, a [sweep] table of option = [values]; flags override it.",
+        help="TOML file: fixed options at the top level, a \\[sweep] table of option = \\[values]; flags override "
+             "it.",
         rich_help_panel=_SWEEP)] = None,
     name: Annotated[str | None, typer.Option(
         help="The sweep's name: <name>.sweep.json, and the start of every run's name (default <dataset>-sweep).",
@@ -86,22 +87,29 @@ SWEEP_ONLY = {"ctx", "config", "name", "out_dir", "dry_run", "max_runs", "overwr
 def _with_run_options(command):
     """Give `command` one option per Config field not already its own: flags stay flags, --betas takes its two
     numbers, every other option takes text holding one or several values."""
+    import typing
+
+    from fedsim.commands.train import train
     from fedsim.config import FIELDS, field_types
 
     taken = set(inspect.signature(command).parameters)
+    train_options = typing.get_type_hints(train, include_extras=True)
     added = []
     for field_name in FIELDS:
         if field_name in taken:
             continue
         kind = field_types()[field_name]
         option = "--" + field_name.replace("_", "-")
+        info = typing.get_args(train_options[field_name])[1]  # the train option's help and panel
         if kind is bool:
-            annotation = Annotated[bool, typer.Option(option, help=f"As in fedsim train ({option}).")]
+            annotation = Annotated[bool, typer.Option(option, help=info.help, rich_help_panel=info.rich_help_panel)]
         elif field_name == "betas":
-            annotation = Annotated[tuple[float, float] | None, typer.Option(option, help="As in fedsim train.")]
+            annotation = Annotated[tuple[float, float] | None, typer.Option(
+                option, help=info.help, rich_help_panel=info.rich_help_panel)]
         else:
-            annotation = Annotated[str | None, typer.Option(option, metavar="VALUES", help=_VALUES_HELP,
-                                                            show_default=False)]
+            annotation = Annotated[str | None, typer.Option(
+                option, metavar="VALUES", help=f"{info.help} {_VALUES_HELP}", show_default=False,
+                rich_help_panel=info.rich_help_panel)]
         default = FIELDS[field_name].default if kind is bool else None
         added.append(inspect.Parameter(field_name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                        annotation=annotation))
