@@ -233,7 +233,7 @@ def run_record(exp: Experiment) -> dict:
 
 
 def run(config: Config | None = None, *, model=None, dataset=None, resume=None, on_round=None,
-        executor_factory=make_executor, **overrides):
+        executor_factory=make_executor, share_cohort=True, **overrides):
     """Run one experiment; returns the per-round metrics as a pandas DataFrame.
 
     `model`: your own `nn.Module` (its weights are the run's initial model; fedsim trains a copy) or a factory
@@ -250,6 +250,8 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
 
     `on_round(row, total_rounds)` is called after each evaluated round (the CLI's progress bar).
     `executor_factory`: see `setup` (fedsim.sweep trains a stack of runs together through it).
+    `share_cohort`: under torchrun, the processes share each round's cohort (False: this process trains the
+    whole run, as a sweep's rank does with its share of the runs).
     Raises FedsimError on bad input and DivergenceError (rows written so far stay) on NaN/inf.
     """
     import pandas as pd
@@ -271,7 +273,8 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
         config = dataclasses.replace(config, dataset=dataset.name)
     from fedsim.device import resolve_device
 
-    ranks = distributed.join(resolve_device(config.device).type)  # None in one process
+    # None in one process, and for a sweep's run under torchrun (each rank trains whole runs of the sweep)
+    ranks = distributed.join(resolve_device(config.device).type) if share_cohort else None
 
     def build() -> Experiment:
         return setup(config, model=model, dataset=dataset, executor_factory=executor_factory, ranks=ranks)

@@ -305,29 +305,53 @@ def run_sweep(runs: list[SweepRun], sweep_name: str, out_dir: str, overwrite: bo
               on_change: Callable[[list[SweepRun]], None] | None = None) -> list[SweepRun]:
     """Run every run of `runs` not already finished (resuming those with a checkpoint); returns them with their
     status. `on_change(runs)` is called whenever a run's status or round changes (the progress display).
-    Ctrl-C stops the whole sweep cleanly: each running run checkpoints and is marked stopped."""
+    Ctrl-C stops the whole sweep cleanly: each running run checkpoints and is marked stopped. Under torchrun each
+    process trains its share of the stacks (whole runs, balanced by their rounds left); rank 0 writes the sweep
+    file, which gets every rank's statuses at the end."""
+    from fedsim.device import resolve_device
+    from fedsim.engine import distributed
     from fedsim.experiment import load_config_dataset, stop_on_sigterm
 
     out = Path(out_dir)
     sweep_file = out / f"{sweep_name}.sweep.json"
+    ranks = distributed.join(resolve_device(runs[0].config.device).type) if runs else None
     plans = [_plan(run, out, overwrite) for run in runs]
-    notify = on_change or (lambda runs: None)
-    _write_sweep_file(sweep_file, sweep_name, runs)
-    notify(runs)
-    datasets: dict[str, object] = {}
+    if ranks is not None:  # every rank planned from the same files: nothing is written before all have
+        ranks.all_gather(None, "the sweep's start")
+    lead = ranks is None or ranks.lead  # rank 0 writes the sweep file and reports
+    notify = on_change if on_change is not None and lead else (lambda runs: None)
     groups: dict[tuple, list[int]] = {}
     for i, (run, plan) in enumerate(zip(runs, plans, strict=True)):
         if plan is not None:  # a stack: runs that can train together, from the same round, on the same data
             groups.setdefault((stack_key(run.config), plan[1], _loading_key(run.config)), []).append(i)
+    stacks = list(groups.items())
+    if ranks is not None:  # torchrun: each rank trains its share of the stacks, balanced by their rounds
+        costs = [sum(runs[i].config.rounds - plans[i][1] for i in members) for _, members in stacks]
+        stacks = [stacks[i] for i in distributed.split_work(costs, ranks.world_size)[ranks.rank]]
+
+    def changed():
+        if lead:
+            _write_sweep_file(sweep_file, sweep_name, runs)
+        notify(runs)
+
+    changed()
+    datasets: dict[str, object] = {}
     try:
         with stop_on_sigterm():
-            for (_, _, loading), members in groups.items():
+            for (_, _, loading), members in stacks:
                 if loading not in datasets:
                     datasets[loading] = load_config_dataset(runs[members[0]].config)
-                _run_stack([runs[i] for i in members], [plans[i] for i in members], datasets[loading],
-                           lambda: (_write_sweep_file(sweep_file, sweep_name, runs), notify(runs)))
+                _run_stack([runs[i] for i in members], [plans[i] for i in members], datasets[loading], changed,
+                           share_cohort=ranks is None)
+        if ranks is not None:  # every rank's runs, as they ended there, for rank 0's sweep file and table
+            ended = ranks.all_gather({r.name: (r.status, r.round, r.detail) for r in runs if r.status != "pending"},
+                                     "the sweep's end")
+            for r in runs:
+                for share in ended:
+                    if r.name in share:
+                        r.status, r.round, r.detail = share[r.name]
     finally:
-        _write_sweep_file(sweep_file, sweep_name, runs)
+        changed()
     return runs
 
 
@@ -358,7 +382,8 @@ def _plan(run: SweepRun, out: Path, overwrite: bool) -> tuple[object, int] | Non
     return None, 0
 
 
-def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Callable[[], None]) -> None:
+def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Callable[[], None],
+               share_cohort: bool = True) -> None:
     import dataclasses as dc
 
     from fedsim.engine.executors import make_executor
@@ -380,10 +405,10 @@ def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Calla
         try:
             if checkpoint is None:
                 config = dataclasses.replace(run.config, overwrite=True, quiet=True)
-                run_one(config, dataset=data, on_round=on_round, executor_factory=factory)
+                run_one(config, dataset=data, on_round=on_round, executor_factory=factory, share_cohort=share_cohort)
             else:
                 run_one(resume=checkpoint, dataset=data, on_round=on_round, executor_factory=factory,
-                        rounds=run.config.rounds)
+                        share_cohort=share_cohort, rounds=run.config.rounds)
             run.status = "finished"
         except DivergenceError as e:
             run.status, run.detail = "diverged", str(e)

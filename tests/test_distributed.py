@@ -2,6 +2,7 @@
 stops every rank with one line and whole rows, a run resumes in another number of processes, bad input is one
 line. The processes are spawned by the tests (2 ranks), each launch bounded by a timeout."""
 
+import json
 import os
 import signal
 import socket
@@ -188,3 +189,20 @@ def test_nproc_without_torchrun_is_one_line_exit_2(tmp_path, monkeypatch):
     assert result.output.count("\n") == 1 and not (tmp_path / "out").exists()
     result = CliRunner().invoke(app, ["train", "--nproc", "0", "--out-dir", str(tmp_path / "out")])
     assert result.exit_code == 2 and "--nproc must be >= 1" in result.output, result.output
+
+
+def test_a_sweep_over_two_processes_gives_each_run_the_one_process_csv(tmp_path):
+    """Each rank trains its share of the sweep's stacks (whole runs); rank 0's sweep file has every run's status."""
+    options = ["--seed", "0-1", "--algo", "fedavg,fedprox", "--rounds", "2", "--clients", "4", "--local-steps", "2",
+               "--quiet", "--name", "d"]
+    alone = subprocess.run([sys.executable, "-m", "fedsim", "sweep", *options, "--out-dir", str(tmp_path / "one")],
+                           env=environment(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert alone.returncode == 0, alone.stderr
+    result = torchrun("-m", "fedsim", "sweep", *options, "--out-dir", str(tmp_path / "two"))
+    assert result.returncode == 0, result.stderr
+    csvs = sorted(p.name for p in (tmp_path / "one").glob("d_*.csv"))
+    assert len(csvs) == 4 and csvs == sorted(p.name for p in (tmp_path / "two").glob("d_*.csv"))
+    for name in csvs:
+        assert rows(tmp_path / "one" / name) == rows(tmp_path / "two" / name), name
+    statuses = [r["status"] for r in json.loads((tmp_path / "two" / "d.sweep.json").read_text())["runs"]]
+    assert statuses == ["finished"] * 4

@@ -48,3 +48,20 @@ def from_command_line(ctx: typer.Context, name: str) -> bool:
     whose ParameterSource is another class."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def arguments_without_nproc(command: str) -> list[str]:
+    """This command line from `command` on, less --nproc: what each of torchrun's processes runs."""
+    import sys
+
+    from fedsim.errors import FedsimError
+
+    args = sys.argv[1:]
+    if command not in args:
+        raise FedsimError(f"--nproc is for the command line (fedsim {command} ... --nproc N)")
+    kept, skip = [], False
+    for arg in args[args.index(command):]:
+        if not skip and arg != "--nproc" and not arg.startswith("--nproc="):
+            kept.append(arg)
+        skip = arg == "--nproc"
+    return kept

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fedsim.commands import from_command_line, stderr_console, user_errors, with_options
+from fedsim.commands import arguments_without_nproc, from_command_line, stderr_console, user_errors, with_options
 
 _SWEEP = "Sweep"
 _VALUES_HELP = "Several values: comma-separated (integers also A-B: 0-4 is 0,1,2,3,4)."
@@ -38,6 +38,11 @@ def sweep(
                                               "std over seeds) to this PNG.", dir_okay=False,
                                               rich_help_panel=_SWEEP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.", rich_help_panel=_SWEEP)] = False,
+    nproc: Annotated[int | None, typer.Option(
+        metavar="N", show_default=False, rich_help_panel=_SWEEP,
+        help="Run in N processes on this machine, each training its share of the runs (launches torchrun: the "
+             "same as `torchrun --nproc-per-node N -m fedsim sweep ...`; several machines: torchrun's own "
+             "multi-node options).")] = None,
     **option_values,  # every other option of `fedsim train`, each as values: see _with_run_options
 ) -> None:
     """Run a grid of experiments: the product of the values given (an algorithm's own options only for its
@@ -45,9 +50,12 @@ def sweep(
     trained together. Re-running the same command skips finished runs and resumes stopped ones."""
     from fedsim import sweep as lib
     from fedsim.config import Config
+    from fedsim.engine.distributed import launch, process_rank
     from fedsim.errors import FedsimError
 
     with user_errors():
+        if nproc is not None and nproc < 1:
+            raise FedsimError(f"--nproc must be >= 1 (got {nproc})")
         if "," in out_dir:
             raise FedsimError(f"--out-dir cannot vary in a sweep: give one folder (got {out_dir!r})")
         fixed, grid = lib.grid_from_toml(config) if config is not None else ({}, {})
@@ -67,12 +75,17 @@ def sweep(
         if dry_run:
             _print_plan(runs, lib)
             return
+        if nproc is not None and nproc > 1:  # this command again, in nproc processes: torchrun's
+            raise typer.Exit(launch(nproc, arguments_without_nproc("sweep"),
+                                    "run the same command again to go on"))
         try:
-            runs = _run(runs, sweep_name, out_dir, overwrite, quiet, lib)
+            runs = _run(runs, sweep_name, out_dir, overwrite, quiet or process_rank() != 0, lib)
         except KeyboardInterrupt:
             stderr_console().print(f"stopped; the runs checkpointed where they were: run the same command again to "
                                    f"go on ({Path(out_dir) / (sweep_name + '.sweep.json')})")
             raise typer.Exit(130) from None
+        if process_rank() != 0:  # rank 0 reports the whole sweep
+            return
         _print_results(runs, plot)
         bad = [r for r in runs if r.status in ("diverged", "failed")]
         for run in bad:
@@ -81,7 +94,7 @@ def sweep(
             raise typer.Exit(3)
 
 
-SWEEP_ONLY = {"ctx", "config", "name", "out_dir", "dry_run", "max_runs", "overwrite", "plot", "quiet"}
+SWEEP_ONLY = {"ctx", "config", "name", "out_dir", "dry_run", "max_runs", "overwrite", "plot", "quiet", "nproc"}
 
 
 def _with_run_options(command):

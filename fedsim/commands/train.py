@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from fedsim.algorithms import algorithm_options, algorithms_help
-from fedsim.commands import from_command_line, stderr_console, user_errors, with_options
+from fedsim.commands import arguments_without_nproc, from_command_line, stderr_console, user_errors, with_options
 from fedsim.commands.options import (
     PARTITION,
     ClientsOpt,
@@ -236,7 +236,7 @@ def train(
             from fedsim.engine.distributed import launch
 
             csv = Path(cfg.out_dir) / (cfg.run_name() + ".csv")
-            raise typer.Exit(launch(nproc, _arguments_without_nproc(), f"the rows written so far are in {csv}"
+            raise typer.Exit(launch(nproc, arguments_without_nproc("train"), f"the rows written so far are in {csv}"
                                     + (f"; continue with: fedsim train --resume {csv} --nproc {nproc}"
                                        if cfg.checkpoint_every else "")))
         elif checkpoint is None:
@@ -270,23 +270,6 @@ def _show_split(cfg) -> None:
     ds = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
     model = build_model(cfg.model, ds.input_shape, ds.num_classes, pretrained=cfg.pretrained)
     Console().print(describe_split(model, find_head(model, cfg.head)))
-
-
-def _arguments_without_nproc() -> list[str]:
-    """This command line from `train` on, less --nproc: what each of torchrun's processes runs."""
-    import sys
-
-    from fedsim.errors import FedsimError
-
-    args = sys.argv[1:]
-    if "train" not in args:
-        raise FedsimError("--nproc is for the command line (fedsim train ... --nproc N)")
-    kept, skip = [], False
-    for arg in args[args.index("train"):]:
-        if not skip and arg != "--nproc" and not arg.startswith("--nproc="):
-            kept.append(arg)
-        skip = arg == "--nproc"
-    return kept
 
 
 def _train(cfg, run_rounds, done: int = 0) -> None:
