@@ -151,21 +151,19 @@ PERSONALIZATION_KEY = 1 << 32
 def personalized_models(exp: Experiment, server, store, round: int, lr: float) -> dict[int, dict]:
     """Each client's model after the algorithm's `personalization_phases()` (FedBABU's fine-tuning), trained by the
     executor from the model the client uses (`personal_model`, else the global one) for this evaluation only:
-    nothing trained here is kept. Empty where the algorithm has no such phases (a hook only some algorithms define).
-    An algorithm's `personalization_job(server, store, job)`, where defined, returns the job changed (its start,
-    context or local work: Per-FedAvg's one step, pFedMe's proximal steps). Clients without training data or test
-    slice are left out."""
+    nothing trained here is kept. Empty where the algorithm has no such phases (FedAvg's default).
+    `personalization_job(server, store, job)` may change each job (its start, context or local work: Per-FedAvg's
+    one step, pFedMe's proximal steps). Clients without training data or test slice are left out."""
     algo, part = exp.algorithm, exp.partition
-    phases = algo.personalization_phases() if hasattr(algo, "personalization_phases") else []
+    phases = algo.personalization_phases()
     if not phases:
         return {}
-    adjust = getattr(algo, "personalization_job", None)
     jobs = []
     for c in range(part.num_clients):
         if part.train_sizes[c] > 0 and len(part.test_indices(c)):
             own = algo.personal_model(server, store, c)
             job = ClientJob(c, clone(server.model if own is None else own), {})
-            jobs.append(job if adjust is None else adjust(server, store, job))
+            jobs.append(algo.personalization_job(server, store, job))
     return {r.client: r.states[-1] for r in exp.executor.train(phases, jobs, PERSONALIZATION_KEY + round, lr)}
 
 
@@ -419,10 +417,9 @@ def _what_ranks_share(exp: Experiment, checkpoint: Checkpoint | None) -> dict:
 
 
 def bytes_sent_up(algo, server, sent) -> int:
-    """Bytes the cohort sent the server: the algorithm's count per client where it defines one (FedProto's
-    prototypes, as many as the client's classes), else `bytes_up` for each client."""
-    per_client = getattr(algo, "bytes_up_of", None)
-    return sum(per_client(server, r) for r in sent) if per_client else len(sent) * algo.bytes_up(server)
+    """Bytes the cohort sent the server: each client's `bytes_up_of` (FedProto's prototypes, as many as the
+    client's classes; FedAvg's default: `bytes_up`)."""
+    return sum(algo.bytes_up_of(server, r) for r in sent)
 
 
 def compile_seconds() -> float:

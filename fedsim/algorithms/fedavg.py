@@ -103,6 +103,15 @@ class FedAvg:
             return None
         return {**server.model, **store.get(client)}
 
+    def personalization_phases(self) -> list[Phase]:
+        """Local training each client runs from the model it uses before personalized evaluation, kept for that
+        evaluation only (FedBABU's fine-tuning, Per-FedAvg's step); none for FedAvg."""
+        return []
+
+    def personalization_job(self, server: ServerState, store: ClientStore, job: ClientJob) -> ClientJob:
+        """A client's personalization job, changed where an algorithm needs (its start, context, local work)."""
+        return job
+
     def bytes_down(self, server: ServerState) -> int:
         """Bytes the server sends one client per round."""
         return num_bytes(server.model, self.shared)
@@ -110,4 +119,8 @@ class FedAvg:
     def bytes_up(self, server: ServerState) -> int:
         """Bytes one client sends the server per round."""
         return num_bytes(server.model, self.shared)
+
+    def bytes_up_of(self, server: ServerState, result: ClientResult) -> int:
+        """Bytes client `result.client` sent this round (FedProto: as many prototypes as it holds classes)."""
+        return self.bytes_up(server)
 
