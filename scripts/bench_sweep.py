@@ -12,10 +12,13 @@ Prints a markdown table; every command is timed from its start to its end.
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import pandas as pd
 
 COMMON = ["--model", "mlp", "--clients", "100", "--fraction", "0.1", "--batch-size", "10", "--lr", "0.05", "--quiet"]
 
@@ -32,8 +35,12 @@ def case(label: str, runs: list[list[str]], sweep_args: list[str], base: list[st
     sweep = timed(["fedsim", "sweep", *base, *sweep_args, "--out-dir", str(out / "sweep"), "--overwrite",
                    "--quiet", "--name", label])
     one = timed(["fedsim", "train", *base, *runs[0], "--out-dir", str(out / "one"), "--overwrite"])
+    # a stacked run's round takes as long as its stack's: the sweep's time per round is its runs' mean
+    per_round = statistics.mean(statistics.median(pd.read_csv(p)["round_seconds"])
+                                for p in (out / "sweep").glob(f"{label}_*.csv"))
+    one_round = statistics.median(pd.read_csv(next((out / "one").glob("*.csv")))["round_seconds"])
     return [f"| {label} | {len(runs)} | {loop:.1f} s | {sweep:.1f} s | {sweep / loop:.2f}x | {one:.1f} s | "
-            f"{sweep / one:.2f}x |"]
+            f"{per_round:.3f} s / {one_round:.3f} s = {per_round / one_round:.2f}x |"]
 
 
 def main() -> None:
@@ -43,19 +50,19 @@ def main() -> None:
     parser.add_argument("--case", choices=["seeds", "algos", "all"], default="all")
     args = parser.parse_args()
     base = ["--dataset", "mnist", "--data-dir", args.data_dir, "--rounds", str(args.rounds), *COMMON]
-    lines = ["| case | runs | shell loop | sweep | sweep / loop | one run | sweep / one run |",
+    lines = ["| case | runs | shell loop | sweep | sweep / loop | one run | s per round: sweep / one run |",
              "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if args.case in ("seeds", "all"):
             runs = [["--seed", str(s)] for s in range(5)]
-            lines += case("W-small, FedAvg x 5 seeds", runs, ["--seed", "0-4"], base, out)
+            lines += case("seeds", runs, ["--seed", "0-4"], base, out)
         if args.case in ("algos", "all"):
             algos = [["--algo", "fedavg"], ["--algo", "fedprox", "--mu", "0.001"],
                      ["--algo", "fedprox", "--mu", "0.01"],
                      ["--algo", "scaffold"]]
             runs = [[*a, "--seed", str(s)] for a in algos for s in range(3)]
-            lines += case("W-small, FedAvg + FedProx (2 mu) + SCAFFOLD x 3 seeds", runs,
+            lines += case("algos", runs,
                           ["--algo", "fedavg,fedprox,scaffold", "--mu", "0.001,0.01", "--seed", "0-2"], base, out)
     print("\n".join(lines))
 
