@@ -9,12 +9,13 @@ from torch import nn
 
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedbn import FedBN
-from fedsim.algorithms.fedprox import FedProx, proximal_penalty
+from fedsim.algorithms.fedprox import FedProx
 from fedsim.config import Config
-from fedsim.core.hooks import ClientJob, ClientStore, ModelKeys, Phase
+from fedsim.core.hooks import ClientJob, ClientStore, LinearTerm, ModelKeys, Phase
 from fedsim.core.state import model_state
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
-from fedsim.engine.optim import OptimizerSpec
+from fedsim.engine.optim import GradientTerm, OptimizerSpec
+from fedsim.engine.outer import OuterProduct
 from fedsim.engine.round import run_round
 from fedsim.engine.vmap import VmapExecutor, vmap_unsupported_reason
 from fedsim.models import bn_state_keys, build_model
@@ -133,6 +134,46 @@ def test_fedprox_matches_sequential():
     algo_round(FedProx, MLP(), spec_of(momentum=0.9, epochs=2), Config(mu=0.5))
 
 
+@pytest.mark.parametrize("spec", [spec_of(), spec_of(weight_decay=0.05), spec_of(momentum=0.9), spec_of(clip=0.05),
+                                  spec_of("adam", lr=0.01)], ids=["sgd", "sgd-wd", "momentum", "clip", "adam"])
+def test_linear_term_matches_sequential(spec):
+    """weight·(w − center) + shift with a weight and a shift per client and a center every job shares: plain SGD
+    adds it inside its update (on the outer products of the Linear layers), the others form it."""
+    torch.manual_seed(0)
+    model = MLP()
+    center = {k: v + 0.2 for k, v in model_state(model).items()}
+    shift = {i: {k: torch.randn(v.shape) * 0.1 for k, v in center.items() if k != "fc.bias"} for i in range(5)}
+    ctx = lambda i: {"w": torch.tensor(0.3 * i), "center": center, "shift": shift[i]}  # noqa: E731
+    phases = [Phase(linear_term=LinearTerm(weight="w", center="center", shift="shift"))]
+    seq, vec = run_both(model, phases, _jobs(model, ctx, shift=0.1), spec)
+    assert_same(seq, vec)
+    plain = SequentialExecutor(model, tiny_data(), spec).train([Phase()], _jobs(model, ctx, shift=0.1)(), 1, 0.1)
+    assert rel_diff(seq[3].states[-1]["fc.weight"], plain[3].states[-1]["fc.weight"]) > 1e-3  # it did something
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_linear_term_inside_the_update_equals_the_formed_term(weight_decay):
+    """SGD's in-place term (a lerp; with weight decay, one scaled pass) gives the step on the formed gradient."""
+    g = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(3, 5, 4, generator=g), "b": torch.randn(3, 5, generator=g)}
+    term = GradientTerm(torch.tensor([0.0, 0.5, 2.0]), {"w": torch.randn(5, 4, generator=g)},
+                        {"w": torch.randn(3, 5, 4, generator=g), "b": torch.randn(3, 5, generator=g)})
+
+    def grads():
+        return {"w": OuterProduct(torch.randn(3, 2, 5, generator=g), torch.randn(3, 2, 4, generator=g)),
+                "b": torch.randn(3, 5, generator=g)}
+
+    spec = OptimizerSpec("sgd", 0.1, weight_decay=weight_decay)
+    inside, formed = ({k: v.clone() for k, v in params.items()} for _ in range(2))
+    g.manual_seed(1)
+    spec.step_(inside, grads(), {"step": 0}, 0.1, term)
+    g.manual_seed(1)
+    spec.step_(formed, term.added_to(grads(), formed), {"step": 0}, 0.1)
+    for k in params:
+        torch.testing.assert_close(inside[k], formed[k], rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(inside[k], params[k])
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 4])
 def test_chunks_give_the_numbers_of_the_whole_cohort(chunk):
     torch.manual_seed(0)
@@ -200,7 +241,10 @@ def test_personal_model_phase_from_ctx_matches_sequential():
     model = MLP()
     glob = model_state(model)
     personal = {i: {k: v + 0.05 * (i + 1) for k, v in glob.items()} for i in range(5)}
-    phases = [Phase(), Phase(start="personal", penalty=proximal_penalty(0.3, list(glob)))]
+    def prox(params, ctx):
+        return 0.15 * sum(((p - ctx["global"][k]) ** 2).sum() for k, p in params.items())
+
+    phases = [Phase(), Phase(start="personal", penalty=prox)]
     seq, vec = run_both(model, phases, _jobs(model, lambda i: {"personal": personal[i], "global": glob}),
                         spec_of(momentum=0.9))
     assert_same(seq, vec)

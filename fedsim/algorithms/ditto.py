@@ -17,8 +17,7 @@ from dataclasses import dataclass
 
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedper import local_trainable
-from fedsim.algorithms.fedprox import proximal_penalty
-from fedsim.core.hooks import Phase
+from fedsim.core.hooks import LinearTerm, Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
 from fedsim.errors import FedsimError
@@ -45,8 +44,8 @@ class Ditto(FedAvg):
         return clone(initial)  # v starts as the initial model
 
     def phases(self):
-        prox = proximal_penalty(self.params.lam, self.keys.params)
-        return [Phase(trainable=self.trainable, penalty=prox, start="v"),
+        prox = LinearTerm(weight=self.params.lam, center="global")  # (λ/2)·‖v − w_global‖²
+        return [Phase(trainable=self.trainable, linear_term=prox, start="v"),
                 Phase(trainable=self.trainable, start="global")]
 
     def client_context(self, server, store, client):

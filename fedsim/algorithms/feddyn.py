@@ -19,8 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fedsim.algorithms.fedavg import FedAvg
-from fedsim.algorithms.fedprox import proximal_penalty
-from fedsim.core.hooks import ClientJob, Phase
+from fedsim.core.hooks import ClientJob, LinearTerm, Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
 
@@ -48,18 +47,14 @@ class FedDyn(FedAvg):
         return {"model": super().personal_initial(initial), "grad": self._zeros(initial)}
 
     def phases(self):
-        prox = proximal_penalty(self.params.alpha, self.shared_params)
-
-        def penalty(params, ctx):
-            return prox(params, ctx) - sum((params[k] * g).sum() for k, g in ctx["grad"].items() if k in params)
-
-        return [Phase(penalty=penalty)]
+        # the gradient of −⟨g_k, θ⟩ + (α/2)·‖θ − θ_global‖²
+        return [Phase(linear_term=LinearTerm(weight=self.params.alpha, center="global", shift="minus_grad"))]
 
     def client_job(self, server, store, client):
         entry = store.get(client)
         start = {**clone(server.model, self.shared), **clone(entry["model"])}
         return ClientJob(client, start, {"global": {k: server.model[k] for k in self.shared_params},
-                                         "grad": entry["grad"]})
+                                         "minus_grad": {k: -g for k, g in entry["grad"].items()}})
 
     def client_finish(self, server, store, result):
         entry, w, alpha = store.get(result.client), result.states[-1], self.params.alpha

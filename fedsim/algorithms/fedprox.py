@@ -6,11 +6,10 @@ parameters, applied at every local step (the authors' PGD solver). mu = 0 is exa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedsim.algorithms.fedavg import FedAvg
-from fedsim.core.hooks import Phase
+from fedsim.core.hooks import LinearTerm, Phase
 from fedsim.core.params import Params, option
 
 
@@ -20,26 +19,15 @@ class FedProxParams(Params):
                        per_client=True)
 
 
-def proximal_penalty(weight: float | str, keys) -> Callable:
-    """(weight/2)·||w − w_global||² over `keys`, reading the global weights from ctx["global"]; a `weight` that
-    is a name is read from ctx too (a per-client tensor, so runs of a sweep with other weights train together)."""
-    keys = tuple(keys)
-
-    def penalty(params, ctx: dict):
-        w = ctx[weight] if isinstance(weight, str) else weight
-        return 0.5 * w * sum(((params[k] - ctx["global"][k]) ** 2).sum() for k in keys if k in params)
-
-    return penalty
-
-
 class FedProx(FedAvg):
     name = "fedprox"
     Params = FedProxParams
     straggler_policy = "partial"  # the paper's systems heterogeneity: stragglers' partial work is averaged in
 
     def phases(self):
-        return [Phase(penalty=proximal_penalty("mu", self.shared_params))]
+        # the proximal gradient mu·(w − w_global), a tensor per client: runs of a sweep with other mu train together
+        return [Phase(linear_term=LinearTerm(weight="mu", center="global"))]
 
     def client_context(self, server, store, client):
-        shared = {k: server.model[k] for k in self.shared_params}
+        shared = {k: server.model[k] for k in self.shared_params}  # the term covers these alone
         return {"global": shared, "mu": next(iter(shared.values())).new_tensor(self.params.mu)}

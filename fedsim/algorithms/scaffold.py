@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fedsim.algorithms.fedavg import FedAvg
-from fedsim.core.hooks import ClientJob, Phase
+from fedsim.core.hooks import ClientJob, LinearTerm, Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone, num_bytes
 
@@ -31,12 +31,6 @@ from fedsim.core.state import clone, num_bytes
 class ScaffoldParams(Params):
     # SCAFFOLD has no FedAvg value: with η_g = 1 it equals FedAvg only while c = c_i = 0 (the first round)
     server_lr: float = option(1.0, "global step size η_g (the paper uses 1)", low=0, low_open=True)
-
-
-def _corrected(grads: dict, ctx: dict) -> dict:
-    """g + (c − c_i) on the parameters that have control variates."""
-    diff = ctx["c_diff"]
-    return {k: g + diff[k] if k in diff else g for k, g in grads.items()}
 
 
 class Scaffold(FedAvg):
@@ -56,7 +50,7 @@ class Scaffold(FedAvg):
         return {"model": super().personal_initial(initial), "c": self._zeros(initial)}
 
     def phases(self):
-        return [Phase(correction=_corrected)]
+        return [Phase(linear_term=LinearTerm(shift="c_diff"))]  # g + (c − c_i)
 
     def client_job(self, server, store, client):
         entry, c = store.get(client), server.extra["c"]

@@ -9,18 +9,36 @@ from fedsim.core.state import State, weighted_mean
 
 
 @dataclass(frozen=True)
+class LinearTerm:
+    """A gradient term linear in the weights, weight·(w − center) + shift, added to each trained parameter's
+    gradient at every local step: the gradient of (weight/2)·‖w − center‖² + ⟨shift, w⟩ (FedProx's proximal
+    term; SCAFFOLD's correction c − c_i is a shift). Declared rather than written as a penalty, the executors add
+    it inside the optimizer's update where that is exact (plain SGD), so no gradient tensor is formed for it,
+    and a Linear layer's data gradient can stay an outer product (fedsim/engine/outer.py).
+
+    Each field names a ctx entry (`weight` may also be a number): `weight` a scalar tensor, `center` and `shift`
+    dicts of tensors keyed like the parameters; a parameter missing from a dict gets no such part."""
+
+    weight: str | float | None = None
+    center: str | None = None
+    shift: str | None = None
+
+
+@dataclass(frozen=True)
 class Phase:
     """One stretch of local training that the executor runs for every client of the cohort.
 
-    `penalty(params, ctx)` is added to the data loss; `correction(grads, ctx)` changes the gradient
-    before the optimizer step; both are pure functions of one client's tensors so that an executor
-    may vectorize them over the cohort. `loss(model, state, x, y, ctx)` replaces the data loss
+    `linear_term` adds a LinearTerm to the gradient; `penalty(params, ctx)` is added to the data loss;
+    `correction(grads, ctx)` changes the gradient (the linear term included) before clipping and the optimizer
+    step; both are pure functions of one client's tensors so that an executor may vectorize them over the
+    cohort. `loss(model, state, x, y, ctx)` replaces the data loss
     (default: cross-entropy of `functional_call(model, state, x)`). `start` names a ctx entry to train
     from instead of the previous phase's output (Ditto trains the client's personal model too).
     """
 
     trainable: frozenset[str] | None = None  # None: every parameter
     epochs: int | None = None  # None: --local-epochs (or --local-steps)
+    linear_term: LinearTerm | None = None
     penalty: Callable | None = None
     correction: Callable | None = None
     loss: Callable | None = None

@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from fedsim.core import rng
 from fedsim.core.hooks import ClientJob, ClientResult, Phase
-from fedsim.engine.optim import OptimizerSpec, clip_by_global_norm
+from fedsim.engine.optim import GradientTerm, OptimizerSpec, clip_by_global_norm
 from fedsim.engine.threads import ThreadChooser
 
 
@@ -95,6 +95,18 @@ def client_objective(model: torch.nn.Module, phase: Phase, params: dict, rest: d
     return (loss if phase.penalty is None else loss + phase.penalty(params, ctx)), loss
 
 
+def whole_gradient(phase: Phase, spec: LocalSpec, grads: dict, params: dict, term: GradientTerm | None, ctx: dict):
+    """(gradients, the linear term left for the optimizer): a correction and clipping see the whole gradient, so
+    before them the term is added (formed); otherwise the optimizer adds it in its update."""
+    if phase.correction is None and spec.clip is None:
+        return grads, term
+    if term is not None:
+        grads = term.added_to(grads, params)
+    if phase.correction is not None:
+        grads = phase.correction(grads, ctx)
+    return clip_by_global_norm(grads, spec.clip), None
+
+
 def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phases: list[Phase],
                  job: ClientJob, round: int, lr: float) -> ClientResult:
     """Run the algorithm's phases for one client; returns its state after each phase."""
@@ -124,11 +136,10 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
             start += len(batch)
             objective, loss = client_objective(model, phase, params, rest, data.x[idx], data.y[idx], job.ctx)
             grads = dict(zip(params, torch.autograd.grad(objective, list(params.values())), strict=True))
-            if phase.correction is not None:
-                grads = phase.correction(grads, job.ctx)
-            grads = clip_by_global_norm(grads, spec.clip)
             with torch.no_grad():
-                opt_state = spec.optimizer.step_(params, grads, opt_state, lr)
+                grads, term = whole_gradient(phase, spec, grads, params, GradientTerm.of(phase.linear_term, job.ctx),
+                                             job.ctx)
+                opt_state = spec.optimizer.step_(params, grads, opt_state, lr, term)
             loss = loss.detach()
             loss_sum += loss
             last_finite = torch.where(torch.isfinite(loss), loss, last_finite)

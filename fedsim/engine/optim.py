@@ -7,14 +7,71 @@ every round from a fresh optimizer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from fedsim.core.hooks import LinearTerm
 from fedsim.engine.outer import OuterProduct
 from fedsim.errors import FedsimError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class GradientTerm:
+    """A phase's LinearTerm read from one client's ctx, or from K stacked clients' (then `weight` is (K,) and the
+    tensors of `center` and `shift` are (K, ...) or shared by all): per parameter, weight·(p − center) + shift."""
+
+    weight: torch.Tensor | float | None
+    center: dict
+    shift: dict
+
+    @classmethod
+    def of(cls, term: LinearTerm | None, ctx: dict) -> GradientTerm | None:
+        if term is None:
+            return None
+        weight = ctx[term.weight] if isinstance(term.weight, str) else term.weight
+        center = ctx[term.center] if term.center is not None and weight is not None else {}
+        return cls(weight, center, ctx[term.shift] if term.shift is not None else {})
+
+    def _weight(self, p: torch.Tensor):
+        """The weight, shaped to broadcast over p (K stacked clients' weights along p's first dimension)."""
+        w = self.weight
+        return w.view(-1, *[1] * (p.dim() - 1)) if isinstance(w, torch.Tensor) and w.dim() == 1 else w
+
+    def dense(self, key: str, p: torch.Tensor) -> torch.Tensor | None:
+        """The term for parameter `key` at p, formed; None when it has none."""
+        center, shift = self.center.get(key), self.shift.get(key)
+        g = None if center is None else self._weight(p) * (p - center)
+        return shift if g is None else g if shift is None else g + shift
+
+    def added_to(self, grads: dict, params: dict) -> dict:
+        """The gradients with the term added (formed: for clipping, a correction, momentum or Adam)."""
+        out = dict(grads)
+        for k, p in params.items():
+            d = self.dense(k, p)
+            if d is None:
+                continue
+            g = grads[k]
+            out[k] = replace(g, dense=d if g.dense is None else g.dense + d) if isinstance(g, OuterProduct) \
+                else g + d
+        return out
+
+    def descend_(self, key: str, p: torch.Tensor, lr: float, weight_decay: float = 0.0) -> None:
+        """p −= lr·(term + weight_decay·p), in place, without forming the term (one pass where it is a lerp)."""
+        center, shift = self.center.get(key), self.shift.get(key)
+        if center is not None:
+            step = lr * self._weight(p)
+            if weight_decay:  # (1 − lr·(wd + w))·p + lr·w·center
+                p.mul_(1 - lr * weight_decay - step)
+                p.addcmul_(center, step) if isinstance(step, torch.Tensor) else p.add_(center, alpha=step)
+            else:  # p + lr·w·(center − p)
+                p.lerp_(center, step)
+        elif weight_decay:
+            p.mul_(1 - lr * weight_decay)
+        if shift is not None:
+            p.sub_(shift, alpha=lr)
 
 
 @dataclass(frozen=True)
@@ -40,12 +97,15 @@ class OptimizerSpec:
         return {"step": 0, "m": {k: torch.zeros_like(p) for k, p in params.items()},
                 "v": {k: torch.zeros_like(p) for k, p in params.items()}}
 
-    def step_(self, params: dict, grads: dict, state: dict, lr: float) -> dict:
+    def step_(self, params: dict, grads: dict, state: dict, lr: float, term: GradientTerm | None = None) -> dict:
         """One step in place with torch._foreach ops (params may be one client's or K clients' stacked).
         Updates `params` and the state's tensors; returns the new state. Matches torch.optim's rules.
 
         A gradient may be an `OuterProduct` (a Linear weight's, from the vmap executor): SGD adds it to the
-        weight, or to the momentum buffer, in place; Adam forms it first."""
+        weight, or to the momentum buffer, in place; Adam forms it first. `term` is added to the gradients: by
+        plain SGD inside its update, never formed; by the others formed."""
+        if term is not None and (self.name != "sgd" or self.momentum):
+            grads, term = term.added_to(grads, params), None
         t, keys = state["step"] + 1, list(params)
         if self.name != "sgd":
             grads = {k: g.full() if isinstance(g, OuterProduct) else g for k, g in grads.items()}
@@ -55,7 +115,7 @@ class OptimizerSpec:
         if self.weight_decay and self.name != "adamw" and dense:
             g = torch._foreach_add(g, p, alpha=self.weight_decay)
         if self.name == "sgd":
-            return self._sgd_(params, grads, state, lr, t, dense, outer, p, g)
+            return self._sgd_(params, grads, state, lr, t, dense, outer, p, g, term)
         b1, b2 = self.betas
         if self.name == "adamw":
             torch._foreach_mul_(p, 1 - lr * self.weight_decay)
@@ -69,14 +129,18 @@ class OptimizerSpec:
         torch._foreach_addcdiv_(p, m, denom, value=-lr / (1 - b1**t))
         return {"step": t, "m": state["m"], "v": state["v"]}
 
-    def _sgd_(self, params, grads, state, lr, t, dense, outer, p, g) -> dict:
-        """SGD (momentum, Nesterov, weight decay) as torch.optim.SGD; `outer` gradients are never formed."""
+    def _sgd_(self, params, grads, state, lr, t, dense, outer, p, g, term) -> dict:
+        """SGD (momentum, Nesterov, weight decay) as torch.optim.SGD; `outer` gradients, and without momentum
+        the linear `term`, are never formed."""
         wd, m = self.weight_decay, self.momentum
-        if not m:
+        if not m:  # p - lr * (g + wd * p + term(p)): g was taken at p, so the parts may land in any order
+            if term is not None:  # dense gradients carry their weight decay already (g above)
+                for k in params:
+                    term.descend_(k, params[k], lr, wd if k in outer else 0.0)
             if dense:
                 torch._foreach_add_(p, g, alpha=-lr)
-            for k in outer:  # p - lr * (g + wd * p) = (1 - lr * wd) * p - lr * g
-                if wd:
+            for k in outer:
+                if wd and term is None:
                     params[k].mul_(1 - lr * wd)
                 grads[k].add_to_(params[k], alpha=-lr)
             return {"step": t}

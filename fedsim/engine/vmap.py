@@ -11,7 +11,8 @@ that exact:
   parameters, so each gets exactly its own gradient.
 - Linear layers (outer.py): under SGD, with no gradient correction or clipping, a Linear weight's gradient
   is kept as its two factors (the layer's input and output gradient) and added to the weight in place, never
-  formed: for a stacked cohort, writing and reading the formed gradients was most of a step on the CPU.
+  formed: for a stacked cohort, writing and reading the formed gradients was most of a step on the CPU. A
+  phase's LinearTerm (FedProx's proximal pull, SCAFFOLD's c − c_i) joins that update in place too.
 - Linear-only models (folded.py) run the same step without vmap: the clients' rows folded into one batch,
   each Linear per client as one batched matmul, where a check at construction shows the numbers are vmap's.
 - Unequal step counts: clients are sorted by their steps in the phase (size, and a straggler's shorter work),
@@ -56,7 +57,7 @@ from fedsim.core import rng
 from fedsim.core.hooks import ClientJob, ClientResult, Phase
 from fedsim.engine.folded import FoldedLinears, foldable, folding_matches_vmap
 from fedsim.engine.local import ClientData, LocalSpec, batch_schedule, client_objective, local_work
-from fedsim.engine.optim import clip_by_global_norm
+from fedsim.engine.optim import GradientTerm, clip_by_global_norm
 from fedsim.engine.outer import LinearTaps, OuterProduct, tappable_linears, weight_key
 from fedsim.engine.threads import ThreadChooser
 from fedsim.errors import FedsimError
@@ -277,10 +278,12 @@ class VmapExecutor:
                     x, y = (t.index_select(0, i.flatten()).view(*i.shape, *t.shape[1:]) for t in (data.x, data.y))
                     grads, loss = self._gradients(phase, forward, taps, live, rest, ctx, ctx_dims, x, y,
                                                   mask[s, :active], counts[s, :active])
-                    if finish is not None:
-                        grads = finish(grads, ctx)
+                    term = GradientTerm.of(phase.linear_term, ctx)
                     with torch.no_grad():
-                        opt_state = spec.optimizer.step_(live, grads, opt_state, lr)
+                        if finish is not None:  # a correction and clipping see the whole gradient: term included
+                            grads = finish(grads if term is None else term.added_to(grads, live), ctx)
+                            term = None
+                        opt_state = spec.optimizer.step_(live, grads, opt_state, lr, term)
                     losses[s, :active] = loss
         finally:
             if taps is not None:
@@ -319,7 +322,7 @@ class VmapExecutor:
         grads = dict(zip(leaves, found, strict=False))
         for name, dy in zip(probes, found[len(leaves):], strict=True):
             key, seen = weight_key(name), inputs[name]  # (K, batch[, tokens...], features): every row the layer saw
-            # the weight's own gradient, if any, is a penalty's (FedProx): it stays beside the outer product
+            # the weight's own gradient, if any, is a penalty's: it stays beside the outer product
             grads[key] = OuterProduct(dy.reshape(len(dy), -1, dy.shape[-1]),
                                       seen.reshape(len(seen), -1, seen.shape[-1]), grads[key])
         return {k: torch.zeros_like(leaves[k]) if g is None else g for k, g in grads.items()}, loss
