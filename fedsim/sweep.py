@@ -5,11 +5,11 @@ The grid is the product of the values given for each option, except that an algo
 the files `fedsim train` would (`<name>.csv`, `.json`, `.ckpt`), with the options that vary in its name, and the
 sweep writes `<sweep>.sweep.json` (the grid, each run's name, options and status).
 
-Runs that differ only in what does not change a local step (the seeds, the partition, the clients per round,
-the rounds) form a *stack*: their cohorts train in one executor call per round (one vmapped step over all their
-clients), each run otherwise going through `fedsim.run` as it would alone, in a thread of its own that runs only
-while the others wait. So each run's CSV is the CSV of the same run started alone. Runs that cannot stack run one
-after another; the data are loaded once and torch is imported once.
+Runs that differ only in what does not change a local step's shape (the seeds, the partition, the clients per
+round, the rounds, the learning rate, FedProx's mu) form a *stack*: their cohorts train in one executor call per
+round (one vmapped step over all their clients), each run otherwise going through `fedsim.run` as it would alone,
+in a thread of its own that runs only while the others wait. So each run's CSV is the CSV of the same run started
+alone. Runs that cannot stack run one after another; the data are loaded once and torch is imported once.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedsim.algorithms import ALGORITHMS, algorithm_options, options_of, per_client_options
+from fedsim.algorithms import ALGORITHMS, algorithm_class, algorithm_options, options_of, per_client_options
 from fedsim.config import FIELDS, Config, field_types, options_from, read_toml
 from fedsim.errors import DivergenceError, FedsimError
 
@@ -37,6 +37,8 @@ FIXED_ONLY = frozenset({"out_dir", "name", "overwrite", "quiet", "device", "data
 STACKABLE = frozenset({"seed", "partition_seed", "name", "partition", "clients", "iid", "dirichlet", "shards",
                        "labels", "quantity_skew", "natural", "min_size", "client_test_fraction", "fraction",
                        "min_clients", "rounds", "eval_every", "checkpoint_every", "quiet", "overwrite"})
+# The client learning rate: the executor takes one per job (a (K,) tensor in the stacked step).
+LEARNING_RATE = frozenset({"lr", "lr_decay"})
 DEFAULT_MAX_RUNS = 1000
 
 
@@ -183,9 +185,10 @@ def grid_from_toml(path) -> tuple[dict, dict]:
 
 
 def stack_key(config: Config) -> str:
-    """Runs with equal keys can train together: they differ only in options that leave a local step alone, or
-    that their algorithm hands each client as a tensor (FedProx's mu: `per_client` in its declaration)."""
-    apart = STACKABLE | per_client_options(config.algo)
+    """Runs with equal keys can train together: they differ only in options that leave a local step alone, in
+    the learning rate (each client's job carries its run's), or in options that their algorithm hands each client
+    as a tensor (FedProx's mu: `per_client` in its declaration); not in what the algorithm's phases read."""
+    apart = (STACKABLE | LEARNING_RATE | per_client_options(config.algo)) - algorithm_class(config.algo).phases_read
     if config.attack == "label-flip":  # its poisoned labels depend on the run's seed and partition: not shared
         apart = {"quiet", "overwrite"}
     return json.dumps({k: v for k, v in config.to_dict().items() if k not in apart}, sort_keys=True, default=str)
@@ -239,7 +242,7 @@ class Stack:
         if self.stopping:
             raise KeyboardInterrupt
         for job in jobs:
-            job.rows, job.seed = member.rows + job.client, member.seed
+            job.rows, job.seed, job.lr = member.rows + job.client, member.seed, lr
         self.pending[member.index] = (phases, jobs, round, lr)
         self._train_if_all_in()
         while member.index not in self.results:
@@ -261,12 +264,11 @@ class Stack:
         if not self.pending or set(self.pending) != self.running:
             return
         batches, self.pending = dict(self.pending), {}
-        rounds = {(args[2], args[3]) for args in batches.values()}
+        rounds = {args[2] for args in batches.values()}
         try:
             if len(rounds) != 1:  # runs at different rounds (not stacked by sweep(): kept as a guard)
                 raise RuntimeError(f"stacked runs at different rounds: {sorted(rounds)}")
-            phases = next(iter(batches.values()))[0]
-            (round, lr), = rounds
+            phases, _, round, lr = next(iter(batches.values()))  # each job carries its own run's lr
             jobs = [job for args in batches.values() for job in args[1]]
             trained = iter(self.executor.train(phases, jobs, round, lr))
             for index, args in batches.items():

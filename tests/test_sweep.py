@@ -76,6 +76,32 @@ def test_each_runs_csv_equals_the_same_run_started_alone(tmp_path):
     assert sweep_file["grid"]["seed"] == [0, 1]
 
 
+@pytest.mark.parametrize("algo,grid", [
+    ("fedavg", {"lr": [0.05, 0.2], "lr_decay": [1.0, 0.5]}),
+    ("ditto", {"lam": [0.1, 1.0], "lr": [0.05, 0.1]}),
+    ("feddyn", {"alpha": [0.01, 0.1], "seed": [0, 1]}),
+])
+def test_runs_with_other_learning_rates_and_pulls_train_together_as_alone(tmp_path, algo, grid):
+    """Each job carries its run's learning rate, and Ditto's λ and FedDyn's α reach the step as per-client
+    tensors: all four runs form one stack, and each CSV is the run's alone."""
+    runs = expand({**SMALL, "algo": algo, "out_dir": str(tmp_path / "sweep")}, grid, "g")
+    assert len(runs) == 4 and len({stack_key(r.config) for r in runs}) == 1
+    run_sweep(runs, "g", str(tmp_path / "sweep"))
+    for run in runs:
+        fedsim.run(run.config, out_dir=str(tmp_path / "alone"))
+        swept, alone = (rows(tmp_path / where / f"{run.name}.csv") for where in ("sweep", "alone"))
+        for c in swept.columns:
+            assert swept[c].to_numpy() == pytest.approx(alone[c].to_numpy(), rel=1e-5, abs=1e-7), (run.name, c)
+    first, last = (rows(tmp_path / "sweep" / f"{r.name}.csv") for r in (runs[0], runs[-1]))
+    assert not first["train_loss"].equals(last["train_loss"])  # the varied option reached the step
+
+
+def test_the_phases_that_read_the_learning_rate_keep_their_runs_apart():
+    runs = expand(SMALL, {"algo": ["peravg", "fedavg"], "lr": [0.05, 0.1]}, "p")
+    keys = {(r.config.algo, stack_key(r.config)) for r in runs}
+    assert len([k for k in keys if k[0] == "peravg"]) == 2 and len([k for k in keys if k[0] == "fedavg"]) == 1
+
+
 def test_a_stopped_sweep_resumes_to_the_same_csvs_and_skips_finished_runs(tmp_path):
     fixed = {**SMALL, "rounds": 4, "checkpoint_every": 1}
     grid = {"seed": [0, 1], "algo": ["fedavg", "scaffold"]}
@@ -106,9 +132,9 @@ def test_cli_dry_run_toml_and_a_diverging_run_that_leaves_the_others_going(tmp_p
     (tmp_path / "s.toml").write_text("rounds = 2\nclients = 4\nlocal_steps = 2\n[sweep]\nseed = [0, 1]\n"
                                      "lr = [0.05, 1e4]\n")
     result = runner.invoke(app, ["sweep", "--config", "s.toml", "--dry-run", "--name", "t"])
-    assert result.exit_code == 0 and "4 runs in 2 stack(s)" in result.output, result.output
+    assert result.exit_code == 0 and "4 runs in 1 stack(s)" in result.output, result.output  # lr stacks too
     assert not (tmp_path / "results").exists()
-    result = runner.invoke(app, ["sweep", "--config", "s.toml", "--name", "t", "--executor", "sequential"])
+    result = runner.invoke(app, ["sweep", "--config", "s.toml", "--name", "t"])  # diverging inside the stack
     assert result.exit_code == 3, result.output
     sweep_file = json.loads((tmp_path / "results" / "t.sweep.json").read_text())
     statuses = {r["name"]: r["status"] for r in sweep_file["runs"]}

@@ -393,6 +393,34 @@ def test_in_place_optimizer_step_matches_torch_optim(name, kw):
     torch.testing.assert_close(params["p"], p.detach(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name,kw", [
+    ("sgd", {}), ("sgd", {"weight_decay": 0.01}), ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    ("adam", {}), ("adamw", {"weight_decay": 0.1}),
+])
+def test_a_learning_rate_per_stacked_client_gives_each_clients_own_steps(name, kw):
+    """Runs of a sweep with other learning rates: lr as a (K,) tensor steps client k as lr[k] alone would."""
+    g = torch.Generator().manual_seed(0)
+    lrs = [0.05, 0.1, 0.3]
+    w, b = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, generator=g)
+    steps = [(torch.randn(3, 2, 5, generator=g), torch.randn(3, 2, 4, generator=g), torch.randn(3, 5, generator=g))
+             for _ in range(3)]
+    term = GradientTerm(torch.tensor(0.2), {"w": torch.randn(5, 4, generator=g)}, {})
+    spec = OptimizerSpec(name, 0.1, **kw)
+
+    def train(params, clients, lr):
+        state = spec.init(params)
+        for dy, x, gb in steps:
+            grads = {"w": OuterProduct(dy[clients], x[clients]), "b": gb[clients]}
+            state = spec.step_(params, grads, state, lr, term)
+        return params
+
+    stacked = train({"w": w.clone(), "b": b.clone()}, slice(None), torch.tensor(lrs))
+    for k, lr in enumerate(lrs):
+        alone = train({"w": w[k : k + 1].clone(), "b": b[k : k + 1].clone()}, slice(k, k + 1), lr)
+        for key in alone:
+            torch.testing.assert_close(stacked[key][k : k + 1], alone[key], rtol=1e-5, atol=1e-6)
+
+
 def test_global_torch_generator_is_left_as_the_sequential_executor_leaves_it():
     torch.manual_seed(0)
     model = nn.Linear(6, 4)

@@ -26,7 +26,8 @@ from fedsim.errors import FedsimError
 @dataclass(frozen=True)
 class DittoParams(Params):
     # the global model is FedAvg for every λ; λ → ∞ makes v the global model
-    lam: float = option(0.1, "pull λ of each personal model toward the global one (0 trains it alone)", low=0)
+    lam: float = option(0.1, "pull λ of each personal model toward the global one (0 trains it alone)", low=0,
+                        per_client=True)
 
 
 class Ditto(FedAvg):
@@ -44,12 +45,13 @@ class Ditto(FedAvg):
         return clone(initial)  # v starts as the initial model
 
     def phases(self):
-        prox = LinearTerm(weight=self.params.lam, center="global")  # (λ/2)·‖v − w_global‖²
+        prox = LinearTerm(weight="lam", center="global")  # (λ/2)·‖v − w_global‖², λ a tensor per client
         return [Phase(trainable=self.trainable, linear_term=prox, start="v"),
                 Phase(trainable=self.trainable, start="global")]
 
     def client_context(self, server, store, client):
-        return {"v": store.get(client), "global": server.model}
+        return {"v": store.get(client), "global": server.model,
+                "lam": next(iter(server.model.values())).new_tensor(self.params.lam)}
 
     def client_finish(self, server, store, result):
         store.put(result.client, result.states[0])

@@ -63,6 +63,7 @@ def features_and_logits(model, state, x, head_modules):
 
 class FedAS(FedPer):
     name = "fedas"
+    phases_read = frozenset({"lr"})  # its local loss scales by --lr
     vmap_ok = False  # prototypes and the Fisher trace are per-client Python work
     plain_average = False  # clients weighted by their Fisher trace
     Params = FedASParams

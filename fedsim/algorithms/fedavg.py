@@ -40,6 +40,7 @@ class FedAvg:
     vmap_ok = True  # False: the algorithm needs per-client Python work the vmap executor cannot batch
     plain_average = True  # aggregate() averages the clients' models through self.average, which DP or robust
     #                      aggregation may replace (self.averaging); False: the algorithm weighs them its own way
+    phases_read: frozenset[str] = frozenset()  # general options the phases read (a loss's lr): they cannot stack
     straggler_policy = "drop"  # --stragglers when --straggler-policy is not given: drop them (FedProx's FedAvg)
     Params = NoParams  # the algorithm's own options; a subclass declares its own (fedsim.core.params)
 

@@ -27,7 +27,7 @@ from fedsim.core.state import clone
 @dataclass(frozen=True)
 class FedDynParams(Params):
     alpha: float = option(0.01, "weight α of the dynamic regularizer (the paper tries 0.1, 0.01, 0.001)", low=0,
-                          low_open=True)
+                          low_open=True, per_client=True)
 
 
 class FedDyn(FedAvg):
@@ -48,13 +48,14 @@ class FedDyn(FedAvg):
 
     def phases(self):
         # the gradient of −⟨g_k, θ⟩ + (α/2)·‖θ − θ_global‖²
-        return [Phase(linear_term=LinearTerm(weight=self.params.alpha, center="global", shift="minus_grad"))]
+        return [Phase(linear_term=LinearTerm(weight="alpha", center="global", shift="minus_grad"))]
 
     def client_job(self, server, store, client):
         entry = store.get(client)
         start = {**clone(server.model, self.shared), **clone(entry["model"])}
         return ClientJob(client, start, {"global": {k: server.model[k] for k in self.shared_params},
-                                         "minus_grad": {k: -g for k, g in entry["grad"].items()}})
+                                         "minus_grad": {k: -g for k, g in entry["grad"].items()},
+                                         "alpha": server.model[self.shared_params[0]].new_tensor(self.params.alpha)})
 
     def client_finish(self, server, store, result):
         entry, w, alpha = store.get(result.client), result.states[-1], self.params.alpha

@@ -55,6 +55,7 @@ def first_order_maml_loss(alpha: float):
 
 class PerFedAvg(FedAvg):
     name = "peravg"
+    phases_read = frozenset({"lr"})  # its local loss scales by --lr
 
     def phases(self):
         return [Phase(loss=first_order_maml_loss(self.config.lr))]

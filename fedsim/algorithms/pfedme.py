@@ -42,6 +42,7 @@ class PFedMeParams(Params):
 
 class PFedMe(FedAvg):
     name = "pfedme"
+    phases_read = frozenset({"lr"})  # its local loss scales by --lr
     personalized = True
     Params = PFedMeParams
 

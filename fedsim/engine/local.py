@@ -111,6 +111,7 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
                  job: ClientJob, round: int, lr: float) -> ClientResult:
     """Run the algorithm's phases for one client; returns its state after each phase."""
     seed = spec.seed if job.seed is None else job.seed
+    lr = lr if job.lr is None else job.lr
     torch.manual_seed(rng.keyed_torch_seed(seed, round, job.client))
     generator = rng.keyed_rng(rng.BATCHES, seed, round, job.client)
     own = data.of(job.data_rows)

@@ -18,6 +18,27 @@ from fedsim.errors import FedsimError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
+def per_client(value, like: torch.Tensor):
+    """A number, or K stacked clients' numbers (a (K,) tensor) shaped to broadcast over `like` (K, ...)."""
+    return value.view(-1, *[1] * (like.dim() - 1)) if isinstance(value, torch.Tensor) and value.dim() == 1 else value
+
+
+def add_scaled_(target: torch.Tensor, value: torch.Tensor, scale) -> None:
+    """target += scale * value in place; `scale` a number or the stacked clients' (K,) numbers."""
+    if isinstance(scale, torch.Tensor):
+        target.addcmul_(value, per_client(scale, target))
+    else:
+        target.add_(value, alpha=scale)
+
+
+def _foreach_add_scaled_(targets: list, values: list, scale) -> None:
+    if isinstance(scale, torch.Tensor):
+        for t, v in zip(targets, values, strict=True):
+            add_scaled_(t, v, scale)
+    elif targets:
+        torch._foreach_add_(targets, values, alpha=scale)
+
+
 @dataclass(frozen=True)
 class GradientTerm:
     """A phase's LinearTerm read from one client's ctx, or from K stacked clients' (then `weight` is (K,) and the
@@ -35,15 +56,10 @@ class GradientTerm:
         center = ctx[term.center] if term.center is not None and weight is not None else {}
         return cls(weight, center, ctx[term.shift] if term.shift is not None else {})
 
-    def _weight(self, p: torch.Tensor):
-        """The weight, shaped to broadcast over p (K stacked clients' weights along p's first dimension)."""
-        w = self.weight
-        return w.view(-1, *[1] * (p.dim() - 1)) if isinstance(w, torch.Tensor) and w.dim() == 1 else w
-
     def dense(self, key: str, p: torch.Tensor) -> torch.Tensor | None:
         """The term for parameter `key` at p, formed; None when it has none."""
         center, shift = self.center.get(key), self.shift.get(key)
-        g = None if center is None else self._weight(p) * (p - center)
+        g = None if center is None else per_client(self.weight, p) * (p - center)
         return shift if g is None else g if shift is None else g + shift
 
     def added_to(self, grads: dict, params: dict) -> dict:
@@ -58,20 +74,22 @@ class GradientTerm:
                 else g + d
         return out
 
-    def descend_(self, key: str, p: torch.Tensor, lr: float, weight_decay: float = 0.0) -> None:
-        """p −= lr·(term + weight_decay·p), in place, without forming the term (one pass where it is a lerp)."""
+    def descend_(self, key: str, p: torch.Tensor, lr, weight_decay: float = 0.0) -> None:
+        """p −= lr·(term + weight_decay·p), in place, without forming the term (one pass where it is a lerp);
+        `lr` a number or the stacked clients' (K,)."""
         center, shift = self.center.get(key), self.shift.get(key)
+        lr = per_client(lr, p)
         if center is not None:
-            step = lr * self._weight(p)
+            step = lr * per_client(self.weight, p)
             if weight_decay:  # (1 − lr·(wd + w))·p + lr·w·center
                 p.mul_(1 - lr * weight_decay - step)
-                p.addcmul_(center, step) if isinstance(step, torch.Tensor) else p.add_(center, alpha=step)
+                add_scaled_(p, center, step)
             else:  # p + lr·w·(center − p)
                 p.lerp_(center, step)
         elif weight_decay:
             p.mul_(1 - lr * weight_decay)
         if shift is not None:
-            p.sub_(shift, alpha=lr)
+            add_scaled_(p, shift, -lr)
 
 
 @dataclass(frozen=True)
@@ -103,7 +121,8 @@ class OptimizerSpec:
 
         A gradient may be an `OuterProduct` (a Linear weight's, from the vmap executor): SGD adds it to the
         weight, or to the momentum buffer, in place; Adam forms it first. `term` is added to the gradients: by
-        plain SGD inside its update, never formed; by the others formed."""
+        plain SGD inside its update, never formed; by the others formed. `lr` is a number, or K stacked clients'
+        learning rates as a (K,) tensor (runs of a sweep with other learning rates)."""
         if term is not None and (self.name != "sgd" or self.momentum):
             grads, term = term.added_to(grads, params), None
         t, keys = state["step"] + 1, list(params)
@@ -118,7 +137,11 @@ class OptimizerSpec:
             return self._sgd_(params, grads, state, lr, t, dense, outer, p, g, term)
         b1, b2 = self.betas
         if self.name == "adamw":
-            torch._foreach_mul_(p, 1 - lr * self.weight_decay)
+            if isinstance(lr, torch.Tensor):
+                for x in p:
+                    x.mul_(1 - per_client(lr, x) * self.weight_decay)
+            else:
+                torch._foreach_mul_(p, 1 - lr * self.weight_decay)
         m, v = [state["m"][k] for k in keys], [state["v"][k] for k in keys]
         torch._foreach_mul_(m, b1)
         torch._foreach_add_(m, g, alpha=1 - b1)
@@ -126,7 +149,10 @@ class OptimizerSpec:
         torch._foreach_addcmul_(v, g, g, value=1 - b2)
         denom = torch._foreach_sqrt(torch._foreach_div(v, 1 - b2**t))
         torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(p, m, denom, value=-lr / (1 - b1**t))
+        if isinstance(lr, torch.Tensor):
+            _foreach_add_scaled_(p, torch._foreach_div(m, denom), -lr / (1 - b1**t))
+        else:
+            torch._foreach_addcdiv_(p, m, denom, value=-lr / (1 - b1**t))
         return {"step": t, "m": state["m"], "v": state["v"]}
 
     def _sgd_(self, params, grads, state, lr, t, dense, outer, p, g, term) -> dict:
@@ -137,11 +163,10 @@ class OptimizerSpec:
             if term is not None:  # dense gradients carry their weight decay already (g above)
                 for k in params:
                     term.descend_(k, params[k], lr, wd if k in outer else 0.0)
-            if dense:
-                torch._foreach_add_(p, g, alpha=-lr)
+            _foreach_add_scaled_(p, g, -lr)
             for k in outer:
                 if wd and term is None:
-                    params[k].mul_(1 - lr * wd)
+                    params[k].mul_(1 - per_client(lr, params[k]) * wd)
                 grads[k].add_to_(params[k], alpha=-lr)
             return {"step": t}
         if t == 1:  # torch.optim.SGD: the buffer starts as the first gradient itself
@@ -159,15 +184,15 @@ class OptimizerSpec:
                     buf[k].add_(params[k], alpha=wd)
         if dense:
             b = [buf[k] for k in dense]
-            torch._foreach_add_(p, torch._foreach_add(g, b, alpha=m) if self.nesterov else b, alpha=-lr)
+            _foreach_add_scaled_(p, torch._foreach_add(g, b, alpha=m) if self.nesterov else b, -lr)
         for k in outer:
             if self.nesterov:  # p - lr * (g + wd * p + m * buf)
                 if wd:
-                    params[k].mul_(1 - lr * wd)
-                params[k].add_(buf[k], alpha=-lr * m)
+                    params[k].mul_(1 - per_client(lr, params[k]) * wd)
+                add_scaled_(params[k], buf[k], -lr * m)
                 grads[k].add_to_(params[k], alpha=-lr)
             else:
-                params[k].add_(buf[k], alpha=-lr)
+                add_scaled_(params[k], buf[k], -lr)
         return {"step": t, "buf": buf}
 
 

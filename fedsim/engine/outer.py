@@ -34,15 +34,22 @@ class OuterProduct:
     x: torch.Tensor
     dense: torch.Tensor | None = None
 
-    def add_to_(self, target: torch.Tensor, alpha: float, beta: float = 1.0) -> None:
-        """target = beta * target + alpha * gradient, in place, in one pass over the (..., out, in) target."""
+    def add_to_(self, target: torch.Tensor, alpha, beta: float = 1.0) -> None:
+        """target = beta * target + alpha * gradient, in place, in one pass over the (..., out, in) target.
+        `alpha` is a number, or one per stacked client (a (K,) tensor: it scales their dy, which is small)."""
         out, inp = target.shape[-2:]
         rows = self.dy.shape[-2]
         flat = target.view(-1, out, inp)
-        flat.baddbmm_(self.dy.reshape(-1, rows, out).transpose(1, 2), self.x.reshape(-1, rows, inp),
-                      beta=beta, alpha=alpha)
+        dy = self.dy.reshape(-1, rows, out)
+        if isinstance(alpha, torch.Tensor):
+            dy = dy * alpha.view(-1, 1, 1)
+        flat.baddbmm_(dy.transpose(1, 2), self.x.reshape(-1, rows, inp), beta=beta,
+                      alpha=1.0 if isinstance(alpha, torch.Tensor) else alpha)
         if self.dense is not None:
-            target.add_(self.dense, alpha=alpha)
+            if isinstance(alpha, torch.Tensor):
+                target.addcmul_(self.dense, alpha.view(-1, *[1] * (target.dim() - 1)))
+            else:
+                target.add_(self.dense, alpha=alpha)
 
     def full(self) -> torch.Tensor:
         """The gradient as a dense tensor (for optimizers that need it elementwise, like Adam)."""

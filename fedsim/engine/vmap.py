@@ -200,6 +200,8 @@ class VmapExecutor:
                 for job in jobs]
         ctx, ctx_dims = _stack_ctx(jobs)
         state = _stack([job.start for job in jobs])
+        lrs = [lr if job.lr is None else job.lr for job in jobs]  # a sweep's runs with other learning rates
+        step_lr = lrs[0] if len(set(lrs)) == 1 else torch.tensor(lrs, device=self.data.x.device)
         states, steps, losses = [], [], []
         for phase in phases:
             if phase.start is not None:
@@ -209,7 +211,7 @@ class VmapExecutor:
             params = {k: state[k] for k in self.param_names if phase.trainable is None or k in phase.trainable}
             rest = {k: v for k, v in state.items() if k not in params}
             params, rest, phase_losses = self._train_phase_most_steps_first(phase, jobs, schedules, params, rest,
-                                                                            ctx, ctx_dims, lr)
+                                                                            ctx, ctx_dims, step_lr)
             state = {**rest, **params}
             losses.append(phase_losses)
             states.append(state)
@@ -221,7 +223,7 @@ class VmapExecutor:
             finite = own[np.isfinite(own)]
             results.append(ClientResult(job.client, sizes[i], [{k: v[i].clone() for k, v in s.items()} for s in states],
                                         [st[i] for st in steps], float(own.sum()) / max(len(own), 1),
-                                        float(finite[-1]) if len(finite) else float("nan"), lr, round=round))
+                                        float(finite[-1]) if len(finite) else float("nan"), lrs[i], round=round))
         return results
 
     def _batches(self, jobs, schedules):
@@ -250,12 +252,13 @@ class VmapExecutor:
         back = torch.from_numpy(np.argsort(order)).to(self.data.x.device)
         rest = _take(rest, sel)  # a copy: the phase's in-place buffer updates land in it
         params, losses = self._train_phase(phase, [jobs[i] for i in order], [schedules[i] for i in order],
-                                           _take(params, sel), rest, _take(ctx, sel, ctx_dims), ctx_dims, lr)
+                                           _take(params, sel), rest, _take(ctx, sel, ctx_dims), ctx_dims,
+                                           _take(lr, sel))
         return _take(params, back), _take(rest, back), losses[:, back]
 
     def _train_phase(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr):
-        """Train the stacked `params` (copied, then updated in place); returns them after the phase, and the data
-        losses (steps, clients), NaN where a client took no step."""
+        """Train the stacked `params` (copied, then updated in place) at `lr` (a number, or one per client);
+        returns them after the phase, and the data losses (steps, clients), NaN where a client took no step."""
         spec, data = self.spec, self.data
         idx, counts = self._batches(jobs, schedules)
         mask = torch.from_numpy(np.arange(idx.shape[-1]) < counts[..., None]).to(data.x.device, torch.float32)
@@ -271,7 +274,7 @@ class VmapExecutor:
                 now = int((num_steps > s).sum())
                 if now < active:  # clients [now, active) took all their steps: they leave the stack, untouched
                     live, opt_state, rest = _head(live, now), _head(opt_state, now), _head(rest, now)
-                    ctx, active = _head(ctx, now, ctx_dims), now
+                    ctx, lr, active = _head(ctx, now, ctx_dims), _head(lr, now), now
                 with self.threads.step():
                     i = idx[s, :active]
                     # index_select copies whole rows (a plain x[i] gathers element by element: 6x slower for MNIST)
