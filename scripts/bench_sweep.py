@@ -1,17 +1,22 @@
 """A sweep against a shell loop of `fedsim train` calls (issue 11's targets), start-up included.
 
     python scripts/bench_sweep.py [--rounds 50] [--data-dir ../shared/data] [--case seeds|algos|all]
+    python scripts/bench_sweep.py --case gpu --workload w|w-large [--seeds 8] [--rounds 20]     # on a GPU
 
 W-small: MNIST, the 2NN (`mlp`), 100 clients, 10 a round, batch 10, 1 local epoch, lr 0.05. Cases:
   seeds  5 seeds of FedAvg: the sweep's wall time against five `fedsim train` calls one after another, and its
          time per round against one run's
   algos  FedAvg + FedProx (mu 0.001, 0.01) + SCAFFOLD, 3 seeds each (12 runs), against 12 `fedsim train` calls
+  gpu    on CUDA: one run of the workload, then a sweep of --seeds seeds (target: <= 2x the one run's time), each
+         with the GPU's busy percentage (nvidia-smi, every 0.2 s). W: the CNN, 100 clients, 10 a round;
+         W-large: the CNN, 1,000 clients (60 MNIST images each), 100 a round.
 Prints a markdown table; every command is timed from its start to its end.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -43,13 +48,48 @@ def case(label: str, runs: list[list[str]], sweep_args: list[str], base: list[st
             f"{per_round:.3f} s / {one_round:.3f} s = {per_round / one_round:.2f}x |"]
 
 
+def timed_busy(command: list[str]) -> tuple[float, float | None]:
+    """(seconds, mean GPU busy % while it ran; None without nvidia-smi)."""
+    smi = None
+    if shutil.which("nvidia-smi"):
+        smi = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                "-lms", "200"], stdout=subprocess.PIPE, text=True)
+    seconds = timed(command)
+    if smi is None:
+        return seconds, None
+    smi.terminate()
+    samples = [float(v) for v in smi.communicate()[0].split() if v.strip().replace(".", "").isdigit()]
+    return seconds, statistics.mean(samples) if samples else None
+
+
+def gpu_case(workload: str, seeds: int, data: list[str], device: str, out: Path) -> list[str]:
+    clients = {"w": "100", "w-large": "1000"}[workload]
+    args = [*data, "--model", "cnn", "--clients", clients, "--fraction", "0.1", "--batch-size", "10", "--lr", "0.05",
+            "--device", device, "--quiet"]
+    one, one_busy = timed_busy(["fedsim", "train", *args, "--out-dir", str(out / "one"), "--overwrite"])
+    sweep, busy = timed_busy(["fedsim", "sweep", *args, "--seed", f"0-{seeds - 1}", "--out-dir", str(out / "sweep"),
+                              "--overwrite", "--name", workload])
+    shown = [f"{b:.0f}%" if b is not None else "n/a" for b in (one_busy, busy)]
+    return [f"| {workload} x {seeds} seeds | {one:.1f} s ({shown[0]} busy) | {sweep:.1f} s ({shown[1]} busy) | "
+            f"{sweep / one:.2f}x (target <= 2x) |"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--case", choices=["seeds", "algos", "all"], default="all")
+    parser.add_argument("--case", choices=["seeds", "algos", "all", "gpu"], default="all")
+    parser.add_argument("--workload", choices=["w", "w-large"], default="w", help="the gpu case's")
+    parser.add_argument("--seeds", type=int, default=8, help="the gpu case's")
+    parser.add_argument("--device", default="cuda", help="the gpu case's (cpu: to try the script)")
     args = parser.parse_args()
-    base = ["--dataset", "mnist", "--data-dir", args.data_dir, "--rounds", str(args.rounds), *COMMON]
+    data = ["--dataset", "mnist", "--data-dir", args.data_dir, "--rounds", str(args.rounds)]
+    base = [*data, *COMMON]
+    if args.case == "gpu":
+        with tempfile.TemporaryDirectory() as tmp:
+            print("| workload | one run | sweep | sweep / one run |\n|---|---|---|---|")
+            print("\n".join(gpu_case(args.workload, args.seeds, data, args.device, Path(tmp))))
+        return
     lines = ["| case | runs | shell loop | sweep | sweep / loop | one run | s per round: sweep / one run |",
              "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:

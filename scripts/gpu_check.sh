@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks, as one prepared script for a fresh GPU machine (about 6-8 minutes): install, the CUDA
-# tests, the benchmark's W and W-large on CUDA, and a 20-round MNIST CNN run with the default executor with
-# its peak GPU memory and busy percentage. Ends with a markdown table to paste into the README.
+# The GPU checks, as one prepared script for a fresh GPU machine (about 8-12 minutes): install, the CUDA
+# tests, the benchmark's W and W-large on CUDA, the sweep's 8 seeds against one run, and a 20-round MNIST
+# CNN run with the default executor with its peak GPU memory and busy percentage. Ends with a markdown table
+# to paste into the README.
 #
 #   FEDSIM_DATA=<folder holding MNIST/raw/*.gz> bash scripts/gpu_check.sh      # default data: ../shared/data
 #
@@ -30,6 +31,12 @@ timeout 150 $py scripts/benchmark.py --workload w --device cuda --rounds 5 2>&1 
 step "benchmark W-large on CUDA"
 timeout 200 $py scripts/benchmark.py --workload w-large --device cuda --rounds 5 2>&1 | tee "$out/bench_w_large.log"
 
+step "fedsim sweep on CUDA (issue 11): W and W-large x 8 seeds against one run"
+timeout 240 $py scripts/bench_sweep.py --case gpu --workload w --seeds 8 --rounds 20 --data-dir "$data" 2>&1 \
+    | tee "$out/sweep_w.log"
+timeout 300 $py scripts/bench_sweep.py --case gpu --workload w-large --seeds 8 --rounds 10 --data-dir "$data" 2>&1 \
+    | tee "$out/sweep_w_large.log"
+
 step "fedsim train: MNIST, CNN, 100 clients, 10 a round, 20 rounds, default executor"
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 200 >"$out/smi.csv" &
 smi=$!
@@ -57,6 +64,7 @@ echo "| GPU | $(head -1 "$out/gpu.txt") |"
 echo "| CUDA tests | ${cuda_tests} |"
 echo "| W (cnn, 10 clients a round): fedsim vmap vs one-model loop | see bench_w.log table above |"
 echo "| W-large (1,000 clients, 100 a round) | see bench_w_large.log table above |"
+echo "| sweep of 8 seeds / one run (target <= 2x) | see sweep_w.log, sweep_w_large.log above |"
 echo "| MNIST CNN 20 rounds (exit $rc): final test accuracy | $acc |"
 echo "| training time (rounds) / whole command | ${train_s} s / ${wall} s |"
 echo "| executor | $executor |"
