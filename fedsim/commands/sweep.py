@@ -139,8 +139,8 @@ def _print_plan(runs, lib) -> None:
     keys = list(dict.fromkeys(k for r in runs for k in r.varying))
     stacks: dict[str, int] = {}
     table = Table(title=f"{len(runs)} runs")
-    for column in ("#", "name", *keys, "trains with"):
-        table.add_column(column)
+    for column in ("#", "name", *keys, "trains with"):  # a narrow terminal folds names rather than cutting them
+        table.add_column(column, overflow="fold" if column == "name" else "ellipsis")
     for i, run in enumerate(runs, start=1):
         stack = stacks.setdefault(lib.stack_key(run.config), len(stacks) + 1)
         table.add_row(str(i), run.name, *(lib.format_value(run.varying[k]) if k in run.varying else "-" for k in keys),
@@ -191,8 +191,8 @@ def _progress(runs, started: float):
     if not running:
         return line
     table = Table(box=None)
-    table.add_column("running")
-    table.add_column("round", justify="right")
+    table.add_column("running", overflow="fold")
+    table.add_column("round", justify="right", no_wrap=True)
     for run in running:
         table.add_row(run.name, f"{run.round}/{run.config.rounds}")
     return Group(line, table)
