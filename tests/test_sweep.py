@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import fedsim
+from fedsim import compare
 from fedsim.cli import app
 from fedsim.errors import FedsimError
 from fedsim.metrics import TIME_COLUMNS
@@ -73,6 +74,9 @@ def test_each_runs_csv_equals_the_same_run_started_alone(tmp_path):
         assert record["status"] == "finished" and "trained together" in record["executor"]["reason"]
     sweep_file = json.loads((tmp_path / "sweep" / "g.sweep.json").read_text())
     assert [r["status"] for r in sweep_file["runs"]] == ["finished"] * 8
+    for where, shared in (("sweep", True), ("alone", False)):  # compare says whose times are a stack's
+        summary = compare.compare_runs(sorted((tmp_path / where).glob("*.csv")))
+        assert ("share their stack's" in compare.to_markdown(summary)) == shared
     assert sweep_file["grid"]["seed"] == [0, 1]
 
 

@@ -125,8 +125,12 @@ def _caption(summary: Summary) -> list[str]:
     if summary.target is not None:
         sign = "≤" if summary.lower_is_better else "≥"
         first += f"; target {sign} {summary.target:g} (time to target = elapsed_seconds at that round)"
-    return [first, "mean ± sample std (ddof=1) over seeds; final = last evaluated round; "
-                   "best = each seed's best round, averaged"]
+    lines = [first, "mean ± sample std (ddof=1) over seeds; final = last evaluated round; "
+                    "best = each seed's best round, averaged"]
+    if any("trained together" in str(((run.record or {}).get("executor") or {}).get("reason", ""))
+           for group in summary.groups for run in group.runs):
+        lines.append("times are wall times: runs trained together in a sweep stack share their stack's")
+    return lines
 
 
 def render_table(summary: Summary):
