@@ -6,10 +6,11 @@ the files `fedsim train` would (`<name>.csv`, `.json`, `.ckpt`), with the option
 sweep writes `<sweep>.sweep.json` (the grid, each run's name, options and status).
 
 Runs that differ only in what does not change a local step's shape (the seeds, the partition, the clients per
-round, the rounds, the learning rate, FedProx's mu) form a *stack*: their cohorts train in one executor call per
-round (one vmapped step over all their clients), each run otherwise going through `fedsim.run` as it would alone,
-in a thread of its own that runs only while the others wait. So each run's CSV is the CSV of the same run started
-alone. Runs that cannot stack run one after another; the data are loaded once and torch is imported once.
+round, the rounds, the learning rate, momentum and weight decay, FedProx's mu) form a *stack*: their cohorts train
+in one executor call per round (one vmapped step over all their clients), each run otherwise going through
+`fedsim.run` as it would alone, in a thread of its own that runs only while the others wait. So each run's CSV is
+the CSV of the same run started alone. Runs that cannot stack run one after another; the data are loaded once and
+torch is imported once.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ FIXED_ONLY = frozenset({"out_dir", "name", "overwrite", "quiet", "device", "data
 STACKABLE = frozenset({"seed", "partition_seed", "name", "partition", "clients", "iid", "dirichlet", "shards",
                        "labels", "quantity_skew", "natural", "min_size", "client_test_fraction", "fraction",
                        "min_clients", "rounds", "eval_every", "checkpoint_every", "quiet", "overwrite"})
-# The client learning rate: the executor takes one per job (a (K,) tensor in the stacked step).
-LEARNING_RATE = frozenset({"lr", "lr_decay"})
+# The client optimizer's numbers: the executor takes them per job (a (K,) tensor each in the stacked step).
+OPTIMIZER_NUMBERS = frozenset({"lr", "lr_decay", "momentum", "weight_decay"})
 DEFAULT_MAX_RUNS = 1000
 
 
@@ -186,9 +187,10 @@ def grid_from_toml(path) -> tuple[dict, dict]:
 
 def stack_key(config: Config) -> str:
     """Runs with equal keys can train together: they differ only in options that leave a local step alone, in
-    the learning rate (each client's job carries its run's), or in options that their algorithm hands each client
-    as a tensor (FedProx's mu: `per_client` in its declaration); not in what the algorithm's phases read."""
-    apart = (STACKABLE | LEARNING_RATE | per_client_options(config.algo)) - algorithm_class(config.algo).phases_read
+    the client optimizer's numbers (each client's job carries its run's), or in options that their algorithm hands
+    each client as a tensor (FedProx's mu: `per_client` in its declaration); not in what the algorithm's phases
+    read."""
+    apart = (STACKABLE | OPTIMIZER_NUMBERS | per_client_options(config.algo)) - algorithm_class(config.algo).phases_read
     if config.attack == "label-flip":  # its poisoned labels depend on the run's seed and partition: not shared
         apart = {"quiet", "overwrite"}
     return json.dumps({k: v for k, v in config.to_dict().items() if k not in apart}, sort_keys=True, default=str)
@@ -232,7 +234,8 @@ class Stack:
                 rows = len(self.data.offsets) - 1
                 self.data.indices = torch.cat([self.data.indices, data.indices])
                 self.data.offsets = np.concatenate([self.data.offsets, self.data.offsets[-1] + data.offsets[1:]])
-            member = _Member(self, index, rows, seed)
+            member = _Member(self, index, rows, seed, {"momentum": spec.optimizer.momentum,
+                                                       "weight_decay": spec.optimizer.weight_decay})
             self.members.append(member)
             return member
 
@@ -242,7 +245,7 @@ class Stack:
         if self.stopping:
             raise KeyboardInterrupt
         for job in jobs:
-            job.rows, job.seed, job.lr = member.rows + job.client, member.seed, lr
+            job.rows, job.seed, job.optimizer = member.rows + job.client, member.seed, {**member.optimizer, "lr": lr}
         self.pending[member.index] = (phases, jobs, round, lr)
         self._train_if_all_in()
         while member.index not in self.results:
@@ -287,6 +290,7 @@ class _Member:
     index: int
     rows: int  # where this run's clients start in the stack's data
     seed: int
+    optimizer: dict  # its client optimizer's momentum and weight decay
     name: str = field(init=False)
     reason: str = field(init=False)
     threads: object = field(init=False)

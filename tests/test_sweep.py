@@ -82,12 +82,13 @@ def test_each_runs_csv_equals_the_same_run_started_alone(tmp_path):
 
 @pytest.mark.parametrize("algo,grid", [
     ("fedavg", {"lr": [0.05, 0.2], "lr_decay": [1.0, 0.5]}),
+    ("fedprox", {"momentum": [0.0, 0.9], "weight_decay": [0.0, 0.01]}),
     ("ditto", {"lam": [0.1, 1.0], "lr": [0.05, 0.1]}),
     ("feddyn", {"alpha": [0.01, 0.1], "seed": [0, 1]}),
 ])
-def test_runs_with_other_learning_rates_and_pulls_train_together_as_alone(tmp_path, algo, grid):
-    """Each job carries its run's learning rate, and Ditto's λ and FedDyn's α reach the step as per-client
-    tensors: all four runs form one stack, and each CSV is the run's alone."""
+def test_runs_with_other_optimizer_numbers_and_pulls_train_together_as_alone(tmp_path, algo, grid):
+    """Each job carries its run's learning rate, momentum and weight decay, and Ditto's λ and FedDyn's α reach the
+    step as per-client tensors: all four runs form one stack, and each CSV is the run's alone."""
     runs = expand({**SMALL, "algo": algo, "out_dir": str(tmp_path / "sweep")}, grid, "g")
     assert len(runs) == 4 and len({stack_key(r.config) for r in runs}) == 1
     run_sweep(runs, "g", str(tmp_path / "sweep"))

@@ -393,12 +393,16 @@ def test_in_place_optimizer_step_matches_torch_optim(name, kw):
     torch.testing.assert_close(params["p"], p.detach(), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("sgd", {}), ("sgd", {"weight_decay": 0.01}), ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
-    ("adam", {}), ("adamw", {"weight_decay": 0.1}),
-])
-def test_a_learning_rate_per_stacked_client_gives_each_clients_own_steps(name, kw):
-    """Runs of a sweep with other learning rates: lr as a (K,) tensor steps client k as lr[k] alone would."""
+@pytest.mark.parametrize("name,kw,own", [
+    ("sgd", {}, {}), ("sgd", {"weight_decay": 0.01}, {}),
+    ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, {}),
+    ("sgd", {}, {"weight_decay": [0.0, 0.01, 0.1]}),
+    ("sgd", {}, {"momentum": [0.0, 0.5, 0.9], "weight_decay": [0.0, 0.01, 0.1]}),
+    ("adam", {}, {"weight_decay": [0.0, 0.01, 0.1]}), ("adamw", {"weight_decay": 0.1}, {}),
+], ids=["sgd", "sgd-wd", "nesterov-wd", "sgd-own-wd", "sgd-own-momentum-wd", "adam-own-wd", "adamw"])
+def test_optimizer_numbers_per_stacked_client_give_each_clients_own_steps(name, kw, own):
+    """Runs of a sweep with other learning rates (and momentum, weight decay): each as a (K,) tensor steps client
+    k as its own numbers alone would."""
     g = torch.Generator().manual_seed(0)
     lrs = [0.05, 0.1, 0.3]
     w, b = torch.randn(3, 5, 4, generator=g), torch.randn(3, 5, generator=g)
@@ -407,16 +411,18 @@ def test_a_learning_rate_per_stacked_client_gives_each_clients_own_steps(name, k
     term = GradientTerm(torch.tensor(0.2), {"w": torch.randn(5, 4, generator=g)}, {})
     spec = OptimizerSpec(name, 0.1, **kw)
 
-    def train(params, clients, lr):
-        state = spec.init(params)
+    def train(params, clients, lr, numbers):
+        state = spec.init(params, numbers.get("momentum"))
         for dy, x, gb in steps:
             grads = {"w": OuterProduct(dy[clients], x[clients]), "b": gb[clients]}
-            state = spec.step_(params, grads, state, lr, term)
+            state = spec.step_(params, grads, state, lr, term, **numbers)
         return params
 
-    stacked = train({"w": w.clone(), "b": b.clone()}, slice(None), torch.tensor(lrs))
+    stacked = train({"w": w.clone(), "b": b.clone()}, slice(None), torch.tensor(lrs),
+                    {key: torch.tensor(v) for key, v in own.items()})
     for k, lr in enumerate(lrs):
-        alone = train({"w": w[k : k + 1].clone(), "b": b[k : k + 1].clone()}, slice(k, k + 1), lr)
+        alone = train({"w": w[k : k + 1].clone(), "b": b[k : k + 1].clone()}, slice(k, k + 1), lr,
+                      {key: v[k] for key, v in own.items()})
         for key in alone:
             torch.testing.assert_close(stacked[key][k : k + 1], alone[key], rtol=1e-5, atol=1e-6)
 

@@ -47,8 +47,8 @@ def sweep(
 ) -> None:
     """Run a grid of experiments: the product of the values given (an algorithm's own options only for its
     runs), each run's files as `fedsim train` writes them, runs that differ only in seeds, partition, learning
-    rate or a per-client option (FedProx's mu) trained together. Re-running the same command skips finished
-    runs and resumes stopped ones."""
+    rate, momentum, weight decay or a per-client option (FedProx's mu) trained together. Re-running the same
+    command skips finished runs and resumes stopped ones."""
     from fedsim import sweep as lib
     from fedsim.config import Config
     from fedsim.engine.distributed import launch, process_rank

@@ -64,9 +64,9 @@ class ClientJob:
     # the spec's; a phase with its own epochs (FedRep's head) keeps them. None: the spec's.
     epochs: int | None = None
     steps: int | None = None
-    # Its run's learning rate this round, where runs of a sweep with other learning rates train together. None:
-    # the lr handed to the executor.
-    lr: float | None = None
+    # Its run's client-optimizer numbers ("lr" this round, "momentum", "weight_decay"), where runs of a sweep
+    # with other values train together. None (or a number left out): the executor's.
+    optimizer: dict | None = None
 
     @property
     def data_rows(self) -> int:

@@ -111,7 +111,8 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
                  job: ClientJob, round: int, lr: float) -> ClientResult:
     """Run the algorithm's phases for one client; returns its state after each phase."""
     seed = spec.seed if job.seed is None else job.seed
-    lr = lr if job.lr is None else job.lr
+    own = job.optimizer or {}
+    lr, momentum, weight_decay = own.get("lr", lr), own.get("momentum"), own.get("weight_decay")
     torch.manual_seed(rng.keyed_torch_seed(seed, round, job.client))
     generator = rng.keyed_rng(rng.BATCHES, seed, round, job.client)
     own = data.of(job.data_rows)
@@ -128,7 +129,7 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
         # own copies, updated in place by the optimizer (as torch.optim does): no new tensors per step
         params = {k: state[k].detach().clone().requires_grad_() for k in trainable}
         rest = {k: v for k, v in state.items() if k not in params}  # buffers (updated in place) and frozen
-        opt_state = spec.optimizer.init(params)
+        opt_state = spec.optimizer.init(params, momentum)
         schedule = batch_schedule(generator, n, spec.batch_size, *local_work(spec, phase, job))
         order = own[torch.from_numpy(np.concatenate(schedule)).to(own.device)]
         start = 0
@@ -140,7 +141,7 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
             with torch.no_grad():
                 grads, term = whole_gradient(phase, spec, grads, params, GradientTerm.of(phase.linear_term, job.ctx),
                                              job.ctx)
-                opt_state = spec.optimizer.step_(params, grads, opt_state, lr, term)
+                opt_state = spec.optimizer.step_(params, grads, opt_state, lr, term, momentum, weight_decay)
             loss = loss.detach()
             loss_sum += loss
             last_finite = torch.where(torch.isfinite(loss), loss, last_finite)

@@ -31,6 +31,32 @@ def add_scaled_(target: torch.Tensor, value: torch.Tensor, scale) -> None:
         target.add_(value, alpha=scale)
 
 
+def _nonzero(value) -> bool:
+    """Whether a number, or any of the stacked clients' numbers, is not zero."""
+    return bool((value != 0).any()) if isinstance(value, torch.Tensor) else bool(value)
+
+
+def _plus_scaled(values: list, others: list, scale) -> list:
+    """values + scale * others, new tensors."""
+    if isinstance(scale, torch.Tensor):
+        return [v + o * per_client(scale, o) for v, o in zip(values, others, strict=True)]
+    return torch._foreach_add(values, others, alpha=scale)
+
+
+def _mul_(targets: list, factor) -> None:
+    """targets *= factor, in place; `factor` a number or the stacked clients' (K,) numbers."""
+    if isinstance(factor, torch.Tensor):
+        for t in targets:
+            t.mul_(per_client(factor, t))
+    elif targets:
+        torch._foreach_mul_(targets, factor)
+
+
+def _scale_(targets: list, lr, weight_decay) -> None:
+    """targets *= 1 - lr * weight_decay, in place (decoupled weight decay)."""
+    _mul_(targets, 1 - lr * weight_decay)
+
+
 def _foreach_add_scaled_(targets: list, values: list, scale) -> None:
     if isinstance(scale, torch.Tensor):
         for t, v in zip(targets, values, strict=True):
@@ -78,15 +104,16 @@ class GradientTerm:
         """p −= lr·(term + weight_decay·p), in place, without forming the term (one pass where it is a lerp);
         `lr` a number or the stacked clients' (K,)."""
         center, shift = self.center.get(key), self.shift.get(key)
-        lr = per_client(lr, p)
+        lr, decay = per_client(lr, p), _nonzero(weight_decay)
+        weight_decay = per_client(weight_decay, p)
         if center is not None:
             step = lr * per_client(self.weight, p)
-            if weight_decay:  # (1 − lr·(wd + w))·p + lr·w·center
+            if decay:  # (1 − lr·(wd + w))·p + lr·w·center
                 p.mul_(1 - lr * weight_decay - step)
                 add_scaled_(p, center, step)
             else:  # p + lr·w·(center − p)
                 p.lerp_(center, step)
-        elif weight_decay:
+        elif decay:
             p.mul_(1 - lr * weight_decay)
         if shift is not None:
             add_scaled_(p, shift, -lr)
@@ -108,22 +135,28 @@ class OptimizerSpec:
         if self.nesterov and self.momentum <= 0:
             raise FedsimError("--nesterov needs --momentum > 0")
 
-    def init(self, params: dict[str, torch.Tensor]) -> dict:
+    def init(self, params: dict[str, torch.Tensor], momentum=None) -> dict:
+        """Fresh state; `momentum` overrides the spec's (one per stacked client: see step_)."""
         if self.name == "sgd":
             return {"step": 0, "buf": {k: torch.zeros_like(p) for k, p in params.items()}} \
-                if self.momentum else {"step": 0}
+                if _nonzero(self.momentum if momentum is None else momentum) else {"step": 0}
         return {"step": 0, "m": {k: torch.zeros_like(p) for k, p in params.items()},
                 "v": {k: torch.zeros_like(p) for k, p in params.items()}}
 
-    def step_(self, params: dict, grads: dict, state: dict, lr: float, term: GradientTerm | None = None) -> dict:
+    def step_(self, params: dict, grads: dict, state: dict, lr, term: GradientTerm | None = None,
+              momentum=None, weight_decay=None) -> dict:
         """One step in place with torch._foreach ops (params may be one client's or K clients' stacked).
         Updates `params` and the state's tensors; returns the new state. Matches torch.optim's rules.
 
         A gradient may be an `OuterProduct` (a Linear weight's, from the vmap executor): SGD adds it to the
         weight, or to the momentum buffer, in place; Adam forms it first. `term` is added to the gradients: by
-        plain SGD inside its update, never formed; by the others formed. `lr` is a number, or K stacked clients'
-        learning rates as a (K,) tensor (runs of a sweep with other learning rates)."""
-        if term is not None and (self.name != "sgd" or self.momentum):
+        plain SGD inside its update, never formed; by the others formed. `lr`, and `momentum` and
+        `weight_decay` where given (else the spec's), are numbers, or K stacked clients' as (K,) tensors: runs
+        of a sweep with other values train together (a client with momentum 0 among others steps as plain
+        SGD, its buffer being its gradient)."""
+        m = self.momentum if momentum is None else momentum
+        wd = self.weight_decay if weight_decay is None else weight_decay
+        if term is not None and (self.name != "sgd" or _nonzero(m)):
             grads, term = term.added_to(grads, params), None
         t, keys = state["step"] + 1, list(params)
         if self.name != "sgd":
@@ -131,17 +164,13 @@ class OptimizerSpec:
         outer = [k for k in keys if isinstance(grads[k], OuterProduct)]
         dense = [k for k in keys if k not in outer]
         p, g = [params[k] for k in dense], [grads[k] for k in dense]
-        if self.weight_decay and self.name != "adamw" and dense:
-            g = torch._foreach_add(g, p, alpha=self.weight_decay)
+        if _nonzero(wd) and self.name != "adamw" and dense:
+            g = _plus_scaled(g, p, wd)
         if self.name == "sgd":
-            return self._sgd_(params, grads, state, lr, t, dense, outer, p, g, term)
+            return self._sgd_(params, grads, state, lr, m, wd, t, dense, outer, p, g, term)
         b1, b2 = self.betas
         if self.name == "adamw":
-            if isinstance(lr, torch.Tensor):
-                for x in p:
-                    x.mul_(1 - per_client(lr, x) * self.weight_decay)
-            else:
-                torch._foreach_mul_(p, 1 - lr * self.weight_decay)
+            _scale_(p, lr, wd)
         m, v = [state["m"][k] for k in keys], [state["v"][k] for k in keys]
         torch._foreach_mul_(m, b1)
         torch._foreach_add_(m, g, alpha=1 - b1)
@@ -155,40 +184,45 @@ class OptimizerSpec:
             torch._foreach_addcdiv_(p, m, denom, value=-lr / (1 - b1**t))
         return {"step": t, "m": state["m"], "v": state["v"]}
 
-    def _sgd_(self, params, grads, state, lr, t, dense, outer, p, g, term) -> dict:
+    def _sgd_(self, params, grads, state, lr, m, wd, t, dense, outer, p, g, term) -> dict:
         """SGD (momentum, Nesterov, weight decay) as torch.optim.SGD; `outer` gradients, and without momentum
         the linear `term`, are never formed."""
-        wd, m = self.weight_decay, self.momentum
-        if not m:  # p - lr * (g + wd * p + term(p)): g was taken at p, so the parts may land in any order
+        if not _nonzero(m):  # p - lr * (g + wd * p + term(p)): g was taken at p, so the parts may land in any order
             if term is not None:  # dense gradients carry their weight decay already (g above)
                 for k in params:
                     term.descend_(k, params[k], lr, wd if k in outer else 0.0)
             _foreach_add_scaled_(p, g, -lr)
             for k in outer:
-                if wd and term is None:
-                    params[k].mul_(1 - per_client(lr, params[k]) * wd)
+                if _nonzero(wd) and term is None:
+                    _scale_([params[k]], lr, wd)
                 grads[k].add_to_(params[k], alpha=-lr)
             return {"step": t}
         if t == 1:  # torch.optim.SGD: the buffer starts as the first gradient itself
             buf = dict(zip(dense, (x.clone() for x in g), strict=True))
             for k in outer:
-                buf[k] = grads[k].full() + params[k] * wd if wd else grads[k].full()
+                buf[k] = grads[k].full()
+                if _nonzero(wd):
+                    add_scaled_(buf[k], params[k], wd)
         else:
             buf = state["buf"]
-            if dense:
-                torch._foreach_mul_([buf[k] for k in dense], m)
+            if dense:  # buf = m * buf + g
+                _mul_([buf[k] for k in dense], m)
                 torch._foreach_add_([buf[k] for k in dense], g)
-            for k in outer:  # buf = m * buf + g, the outer product added in the same pass
-                grads[k].add_to_(buf[k], alpha=1.0, beta=m)
-                if wd:
-                    buf[k].add_(params[k], alpha=wd)
+            for k in outer:  # the outer product added in the same pass
+                if isinstance(m, torch.Tensor):
+                    _mul_([buf[k]], m)
+                    grads[k].add_to_(buf[k], alpha=1.0)
+                else:
+                    grads[k].add_to_(buf[k], alpha=1.0, beta=m)
+                if _nonzero(wd):
+                    add_scaled_(buf[k], params[k], wd)
         if dense:
             b = [buf[k] for k in dense]
-            _foreach_add_scaled_(p, torch._foreach_add(g, b, alpha=m) if self.nesterov else b, -lr)
+            _foreach_add_scaled_(p, _plus_scaled(g, b, m) if self.nesterov else b, -lr)
         for k in outer:
             if self.nesterov:  # p - lr * (g + wd * p + m * buf)
-                if wd:
-                    params[k].mul_(1 - per_client(lr, params[k]) * wd)
+                if _nonzero(wd):
+                    _scale_([params[k]], lr, wd)
                 add_scaled_(params[k], buf[k], -lr * m)
                 grads[k].add_to_(params[k], alpha=-lr)
             else:

@@ -148,7 +148,7 @@ def default_chunk(model: nn.Module, data: ClientData, spec: LocalSpec, cohort: i
         return cohort
     free, _ = torch.cuda.mem_get_info(data.x.device)
     state = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    slots = {"sgd": 1 if spec.optimizer.momentum else 0}.get(spec.optimizer.name, 2)
+    slots = {"sgd": 1}.get(spec.optimizer.name, 2)  # a momentum buffer counted: a sweep's stack may mix
     sample = data.x[:1].numel() * data.x.element_size()
     # per client: state, params copy, grads, optimizer slots, the result; activations ~ 64 inputs per row
     per_client = state * (4 + slots) + spec.batch_size * sample * 64
@@ -200,8 +200,11 @@ class VmapExecutor:
                 for job in jobs]
         ctx, ctx_dims = _stack_ctx(jobs)
         state = _stack([job.start for job in jobs])
-        lrs = [lr if job.lr is None else job.lr for job in jobs]  # a sweep's runs with other learning rates
-        step_lr = lrs[0] if len(set(lrs)) == 1 else torch.tensor(lrs, device=self.data.x.device)
+        # each client's optimizer numbers (a sweep's runs with other values): one number, or one per client
+        default = {"lr": lr, "momentum": spec.optimizer.momentum, "weight_decay": spec.optimizer.weight_decay}
+        numbers = {k: [(job.optimizer or {}).get(k, v) for job in jobs] for k, v in default.items()}
+        hyper = {k: v[0] if len(set(v)) == 1 else torch.tensor(v, device=self.data.x.device)
+                 for k, v in numbers.items()}
         states, steps, losses = [], [], []
         for phase in phases:
             if phase.start is not None:
@@ -211,7 +214,7 @@ class VmapExecutor:
             params = {k: state[k] for k in self.param_names if phase.trainable is None or k in phase.trainable}
             rest = {k: v for k, v in state.items() if k not in params}
             params, rest, phase_losses = self._train_phase_most_steps_first(phase, jobs, schedules, params, rest,
-                                                                            ctx, ctx_dims, step_lr)
+                                                                            ctx, ctx_dims, hyper)
             state = {**rest, **params}
             losses.append(phase_losses)
             states.append(state)
@@ -223,7 +226,8 @@ class VmapExecutor:
             finite = own[np.isfinite(own)]
             results.append(ClientResult(job.client, sizes[i], [{k: v[i].clone() for k, v in s.items()} for s in states],
                                         [st[i] for st in steps], float(own.sum()) / max(len(own), 1),
-                                        float(finite[-1]) if len(finite) else float("nan"), lrs[i], round=round))
+                                        float(finite[-1]) if len(finite) else float("nan"), numbers["lr"][i],
+                                        round=round))
         return results
 
     def _batches(self, jobs, schedules):
@@ -240,25 +244,26 @@ class VmapExecutor:
                            for c, job in enumerate(jobs)], dim=1)
         return idx, counts
 
-    def _train_phase_most_steps_first(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr):
+    def _train_phase_most_steps_first(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, hyper):
         """`_train_phase` on the clients reordered by their steps in this phase, most first, and back: the chunk
         is ordered by size, which stragglers' shorter work (ClientJob.epochs/steps) can break. Returns the params,
         the rest (buffers updated in place) and the losses (steps, clients), in the chunk's order."""
         order = np.argsort([-len(s) for s in schedules], kind="stable")
         if (order == np.arange(len(order))).all():
-            params, losses = self._train_phase(phase, jobs, schedules, params, rest, ctx, ctx_dims, lr)
+            params, losses = self._train_phase(phase, jobs, schedules, params, rest, ctx, ctx_dims, hyper)
             return params, rest, losses
         sel = torch.from_numpy(order).to(self.data.x.device)
         back = torch.from_numpy(np.argsort(order)).to(self.data.x.device)
         rest = _take(rest, sel)  # a copy: the phase's in-place buffer updates land in it
         params, losses = self._train_phase(phase, [jobs[i] for i in order], [schedules[i] for i in order],
                                            _take(params, sel), rest, _take(ctx, sel, ctx_dims), ctx_dims,
-                                           _take(lr, sel))
+                                           _take(hyper, sel))
         return _take(params, back), _take(rest, back), losses[:, back]
 
-    def _train_phase(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, lr):
-        """Train the stacked `params` (copied, then updated in place) at `lr` (a number, or one per client);
-        returns them after the phase, and the data losses (steps, clients), NaN where a client took no step."""
+    def _train_phase(self, phase, jobs, schedules, params, rest, ctx, ctx_dims, hyper):
+        """Train the stacked `params` (copied, then updated in place) with the optimizer numbers `hyper` (lr,
+        momentum, weight_decay: numbers, or one per client); returns them after the phase, and the data losses
+        (steps, clients), NaN where a client took no step."""
         spec, data = self.spec, self.data
         idx, counts = self._batches(jobs, schedules)
         mask = torch.from_numpy(np.arange(idx.shape[-1]) < counts[..., None]).to(data.x.device, torch.float32)
@@ -267,14 +272,14 @@ class VmapExecutor:
         taps = self._taps(phase, params)
         forward, finish = self._objective_fn(phase, ctx_dims, taps), self._finish_fn(phase, ctx_dims)
         params = {k: p.clone() for k, p in params.items()}
-        live, opt_state, active = params, spec.optimizer.init(params), len(jobs)
+        live, opt_state, active = params, spec.optimizer.init(params, hyper["momentum"]), len(jobs)
         losses = torch.full((len(idx), len(jobs)), float("nan"), device=data.x.device)
         try:
             for s in range(len(idx)):
                 now = int((num_steps > s).sum())
                 if now < active:  # clients [now, active) took all their steps: they leave the stack, untouched
                     live, opt_state, rest = _head(live, now), _head(opt_state, now), _head(rest, now)
-                    ctx, lr, active = _head(ctx, now, ctx_dims), _head(lr, now), now
+                    ctx, hyper, active = _head(ctx, now, ctx_dims), _head(hyper, now), now
                 with self.threads.step():
                     i = idx[s, :active]
                     # index_select copies whole rows (a plain x[i] gathers element by element: 6x slower for MNIST)
@@ -286,7 +291,8 @@ class VmapExecutor:
                         if finish is not None:  # a correction and clipping see the whole gradient: term included
                             grads = finish(grads if term is None else term.added_to(grads, live), ctx)
                             term = None
-                        opt_state = spec.optimizer.step_(live, grads, opt_state, lr, term)
+                        opt_state = spec.optimizer.step_(live, grads, opt_state, hyper["lr"], term, hyper["momentum"],
+                                                         hyper["weight_decay"])
                     losses[s, :active] = loss
         finally:
             if taps is not None:
