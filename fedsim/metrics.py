@@ -172,17 +172,17 @@ class RunWriter:
 
 
 class RunLock:
-    """An exclusive, non-blocking `flock` on `<out_dir>/.<name>.lock` (creating out_dir), held until
-    `release()`; the file holds the holder's pid for the refusal message. The OS releases a flock when its
-    process dies, so a killed run (kill -9) leaves no stale lock."""
+    """An exclusive, non-blocking `flock` on `<out_dir>/.<name>.lock` (a sweep's: `.<name>.sweep.lock`; creating
+    out_dir), held until `release()`; the file holds the holder's pid for the refusal message. The OS releases
+    a flock when its process dies, so a killed run (kill -9) leaves no stale lock."""
 
-    def __init__(self, out_dir, name: str):
-        self.path = out_dir / f".{name}.lock"
+    def __init__(self, out_dir, name: str, kind: str = "run"):
+        self.path = out_dir / (f".{name}.lock" if kind == "run" else f".{name}.{kind}.lock")
         self._fd = None
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
             if fcntl is not None:
-                self._fd = _lock(self.path, name)
+                self._fd = _lock(self.path, f"{kind} {name!r}")
         except OSError as e:
             raise FedsimError(f"cannot write results to {out_dir}/: {e.strerror}; choose --out-dir") from None
 
@@ -197,7 +197,7 @@ class RunLock:
         self._fd = None
 
 
-def _lock(path, name: str) -> int:
+def _lock(path, what: str) -> int:
     """A descriptor of `path` holding its flock, with this process's pid written in; FedsimError if held."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -207,7 +207,7 @@ def _lock(path, name: str) -> int:
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip()
                 pid = f" (pid {holder})" if holder.isdigit() else ""
-                raise FedsimError(f"run {name!r} in {path.parent}/ is in use by another fedsim process{pid}: "
+                raise FedsimError(f"{what} in {path.parent}/ is in use by another fedsim process{pid}: "
                                   "wait for it to end, or choose another --name") from None
             if _same_file(fd, path):
                 os.ftruncate(fd, 0)

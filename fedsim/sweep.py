@@ -316,11 +316,24 @@ def run_sweep(runs: list[SweepRun], sweep_name: str, out_dir: str, overwrite: bo
     file, which gets every rank's statuses at the end."""
     from fedsim.device import resolve_device
     from fedsim.engine import distributed
-    from fedsim.experiment import load_config_dataset, stop_on_sigterm
+    from fedsim.metrics import RunLock
 
     out = Path(out_dir)
     sweep_file = out / f"{sweep_name}.sweep.json"
     ranks = distributed.join(resolve_device(runs[0].config.device).type) if runs else None
+    # the same sweep started twice: the second is refused before it writes anything (its runs would be too)
+    lock = RunLock(out, sweep_name, kind="sweep") if ranks is None or ranks.lead else None
+    try:
+        return _run_sweep(runs, sweep_name, out, sweep_file, ranks, overwrite, on_change)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_sweep(runs, sweep_name, out, sweep_file, ranks, overwrite, on_change) -> list[SweepRun]:
+    from fedsim.engine import distributed
+    from fedsim.experiment import load_config_dataset, stop_on_sigterm
+
     plans = [_plan(run, out, overwrite) for run in runs]
     if ranks is not None:  # every rank planned from the same files: nothing is written before all have
         ranks.all_gather(None, "the sweep's start")

@@ -107,6 +107,21 @@ def test_the_phases_that_read_the_learning_rate_keep_their_runs_apart():
     assert len([k for k in keys if k[0] == "peravg"]) == 2 and len([k for k in keys if k[0] == "fedavg"]) == 1
 
 
+def test_the_same_sweep_started_twice_is_refused_before_it_writes(tmp_path):
+    from fedsim.metrics import RunLock
+
+    out = tmp_path / "out"
+    held = RunLock(out, "s", kind="sweep")  # as a first `fedsim sweep --name s` holds it while it runs
+    try:
+        with pytest.raises(FedsimError, match=r"sweep 's' in .* is in use by another fedsim process"):
+            run_sweep(expand({**SMALL, "out_dir": str(out)}, {"seed": [0, 1]}, "s"), "s", str(out))
+        assert not any(p.name.endswith((".json", ".csv")) for p in out.iterdir())
+    finally:
+        held.release()
+    (alone,) = expand({**SMALL, "out_dir": str(out)}, {}, "s")  # one run, named as its sweep: no clash
+    assert alone.name == "s" and run_sweep([alone], "s", str(out))[0].status == "finished"
+
+
 def test_a_stopped_sweep_resumes_to_the_same_csvs_and_skips_finished_runs(tmp_path):
     fixed = {**SMALL, "rounds": 4, "checkpoint_every": 1}
     grid = {"seed": [0, 1], "algo": ["fedavg", "scaffold"]}
