@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsim.algorithms import ALGORITHMS, algorithm_options
+from fedsim.algorithms import ALGORITHMS, algorithm_class, algorithm_options
 from fedsim.core.params import Range, check_value
 from fedsim.data.schemes import SCHEMES
 from fedsim.errors import FedsimError
@@ -175,6 +175,11 @@ class GeneralOptions:
         if self.straggler_policy is not None and self.straggler_policy not in STRAGGLER_POLICIES:
             raise FedsimError(f"unknown --straggler-policy {self.straggler_policy!r}: choose one of "
                               f"{', '.join(STRAGGLER_POLICIES)}")
+        if self.nesterov and self.momentum <= 0:
+            raise FedsimError("--nesterov needs --momentum > 0")
+        if self.freeze_base and not algorithm_class(self.algo).personalized:
+            raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
+                              f"not {self.algo}")
         check_robust_options(self)
         check_privacy_options(self)
         self.scheme  # noqa: B018  (raises on two schemes at once)

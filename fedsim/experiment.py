@@ -84,9 +84,6 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
                               cohort_size(config, eligible))
 
     algo_cls = algorithm_class(config.algo)
-    if config.freeze_base and not algo_cls.personalized:
-        raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
-                          f"not {config.algo}")
     torch.manual_seed(config.seed)
     if model is None and ":" not in config.model:
         model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained)

@@ -44,6 +44,8 @@ def test_an_algorithms_own_option_multiplies_only_its_runs(tmp_path):
     ({"seed": list(range(20))}, "more than --max-runs 10"),
     ({"lr": [0.1, -1.0]}, "run s_lr=-1: --lr must be > 0"),
     ({"algo": ["fedavg", "nope"]}, "unknown algorithm"),
+    ({"momentum": [0.0, 0.9], "nesterov": [True]}, "run s_momentum=0: --nesterov needs --momentum > 0"),
+    ({"algo": ["fedper", "fedavg"], "freeze_base": [True]}, "run s_algo=fedavg: --freeze-base is for personalized"),
 ])
 def test_bad_grids_are_one_line_before_anything_trains(tmp_path, grid, needle):
     with pytest.raises(FedsimError, match=needle):
