@@ -177,9 +177,7 @@ class GeneralOptions:
                               f"{', '.join(STRAGGLER_POLICIES)}")
         if self.nesterov and self.momentum <= 0:
             raise FedsimError("--nesterov needs --momentum > 0")
-        if self.freeze_base and not algorithm_class(self.algo).personalized:
-            raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
-                              f"not {self.algo}")
+        algorithm_class(self.algo).check_config(self)
         check_robust_options(self)
         check_privacy_options(self)
         self.scheme  # noqa: B018  (raises on two schemes at once)

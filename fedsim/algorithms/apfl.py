@@ -42,9 +42,12 @@ class APFL(FedAvg):
     personalized = True
     Params = APFLParams
 
-    def __init__(self, config, keys, num_clients: int = 1):
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
         if config.bn == "local":
             raise FedsimError("apfl keeps a whole personal model (BN layers included); drop --bn local")
+    def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
         self.trainable = local_trainable(keys, config.freeze_base, self.name)
 

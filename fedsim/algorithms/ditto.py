@@ -35,9 +35,12 @@ class Ditto(FedAvg):
     personalized = True
     Params = DittoParams
 
-    def __init__(self, config, keys, num_clients: int = 1):
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
         if config.bn == "local":
             raise FedsimError("ditto keeps a whole personal model (BN layers included); drop --bn local")
+    def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
         self.trainable = local_trainable(keys, config.freeze_base, self.name)
 

@@ -48,9 +48,12 @@ class FedALA(FedAvg):
     personalized = True
     Params = FedALAParams
 
-    def __init__(self, config, keys, num_clients: int = 1):
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
         if config.freeze_base:
             raise FedsimError("fedala trains the whole model: drop --freeze-base")
+    def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
         if self.params.ala_top > len(keys.params):
             raise FedsimError(f"--ala-top {self.params.ala_top} is more than the model's {len(keys.params)} "

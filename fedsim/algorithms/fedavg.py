@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from fedsim.core.hooks import ClientJob, ClientResult, ClientStore, ModelKeys, Phase, ServerState, sample_weighted_mean
 from fedsim.core.params import Params
 from fedsim.core.state import State, clone, num_bytes
+from fedsim.errors import FedsimError
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,16 @@ class FedAvg:
     straggler_policy = "drop"  # --stragglers when --straggler-policy is not given: drop them (FedProx's FedAvg)
     Params = NoParams  # the algorithm's own options; a subclass declares its own (fedsim.core.params)
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse the combinations of options this algorithm cannot run (one FedsimError line). Config.validate
+        calls it, so a sweep names the run before anything trains; a subclass adds its own after super()'s."""
+        if config.freeze_base and not cls.personalized:
+            raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
+                              f"not {config.algo}")
+
     def __init__(self, config, keys: ModelKeys, num_clients: int = 1):
+        self.check_config(config)
         self.config = config
         self.params = self.Params.from_config(config)
         self.keys = keys

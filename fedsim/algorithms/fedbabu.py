@@ -39,9 +39,12 @@ class FedBABU(FedAvg):
     personalized = True  # by fine-tuning before evaluation (no personal part is kept between rounds)
     Params = FedBABUParams
 
-    def __init__(self, config, keys, num_clients: int = 1):
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
         if config.freeze_base:
             raise FedsimError("fedbabu trains the base and keeps the head frozen: drop --freeze-base")
+    def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
         head = set(keys.head or ()) | head_params(keys, self.name)
         self.body = [k for k in self.shared if k not in head]  # what is trained, sent and averaged

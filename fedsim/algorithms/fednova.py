@@ -33,8 +33,9 @@ class FedNova(FedAvg):
     name = "fednova"
     plain_average = False  # each update divided by its a_i
 
-    def __init__(self, config, keys, num_clients: int = 1):
-        super().__init__(config, keys, num_clients)
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
         if config.optimizer != "sgd":
             raise FedsimError(f"fednova normalizes SGD steps; use --optimizer sgd (got {config.optimizer!r})")
         if not 0 <= config.momentum < 1:

@@ -45,9 +45,12 @@ class FedProto(FedAvg):
     plain_average = False  # no model is averaged: robust aggregation and DP do not apply
     Params = FedProtoParams
 
-    def __init__(self, config, keys, num_clients: int = 1):
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
         if config.freeze_base:
             raise FedsimError("fedproto trains its base: drop --freeze-base")
+    def __init__(self, config, keys, num_clients: int = 1):
         self.head_modules = sorted({k.rpartition(".")[0] for k in head_params(keys, self.name)})
         super().__init__(config, keys, num_clients)
 

@@ -46,11 +46,11 @@ class PFedMe(FedAvg):
     personalized = True
     Params = PFedMeParams
 
-    def __init__(self, config, keys, num_clients: int = 1):
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
         if config.freeze_base:
             raise FedsimError("pfedme trains the whole model: drop --freeze-base")
-        super().__init__(config, keys, num_clients)
-
     def personal_initial(self, initial):
         return clone(initial)  # the client's local model w
 
