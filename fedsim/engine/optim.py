@@ -32,8 +32,9 @@ def add_scaled_(target: torch.Tensor, value: torch.Tensor, scale) -> None:
 
 
 def _nonzero(value) -> bool:
-    """Whether a number, or any of the stacked clients' numbers, is not zero."""
-    return bool((value != 0).any()) if isinstance(value, torch.Tensor) else bool(value)
+    """Whether a number is not zero; stacked clients' numbers count as not zero (they are a tensor only where
+    they differ, and a zero among them takes the general path exactly; reading them would sync a GPU)."""
+    return True if isinstance(value, torch.Tensor) else bool(value)
 
 
 def _plus_scaled(values: list, others: list, scale) -> list:
@@ -58,6 +59,7 @@ def _scale_(targets: list, lr, weight_decay) -> None:
 
 
 def _foreach_add_scaled_(targets: list, values: list, scale) -> None:
+    """add_scaled_ over lists of tensors."""
     if isinstance(scale, torch.Tensor):
         for t, v in zip(targets, values, strict=True):
             add_scaled_(t, v, scale)
