@@ -111,8 +111,8 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
                  job: ClientJob, round: int, lr: float) -> ClientResult:
     """Run the algorithm's phases for one client; returns its state after each phase."""
     seed = spec.seed if job.seed is None else job.seed
-    own = job.optimizer or {}
-    lr, momentum, weight_decay = own.get("lr", lr), own.get("momentum"), own.get("weight_decay")
+    numbers = job.optimizer or {}  # its run's, in a sweep's stack
+    lr, momentum, weight_decay = numbers.get("lr", lr), numbers.get("momentum"), numbers.get("weight_decay")
     torch.manual_seed(rng.keyed_torch_seed(seed, round, job.client))
     generator = rng.keyed_rng(rng.BATCHES, seed, round, job.client)
     own = data.of(job.data_rows)
