@@ -175,6 +175,9 @@ class GeneralOptions:
         if self.straggler_policy is not None and self.straggler_policy not in STRAGGLER_POLICIES:
             raise FedsimError(f"unknown --straggler-policy {self.straggler_policy!r}: choose one of "
                               f"{', '.join(STRAGGLER_POLICIES)}")
+        if self.name and ("/" in self.name or "\\" in self.name or self.name.startswith(".")):
+            raise FedsimError(f"--name {self.name!r} must be a plain file name (no '/', not starting with '.'): "
+                              "--out-dir chooses the folder")
         if self.nesterov and self.momentum <= 0:
             raise FedsimError("--nesterov needs --momentum > 0")
         algorithm_class(self.algo).check_config(self)

@@ -107,11 +107,13 @@ def _describe(kind) -> str:
 
 
 def format_value(value) -> str:
+    """A value as it appears in a run's name: a path (a dataset folder, a partition file) by its last part."""
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, bool):
         return str(value).lower()
-    return str(value)
+    text = str(value)
+    return Path(text.replace("\\", "/")).name or text if "/" in text or "\\" in text else text
 
 
 def expand(fixed: dict, grid: dict[str, list], sweep_name: str, max_runs: int = DEFAULT_MAX_RUNS) -> list[SweepRun]:
@@ -125,6 +127,9 @@ def expand(fixed: dict, grid: dict[str, list], sweep_name: str, max_runs: int = 
             raise FedsimError(f"--{key.replace('_', '-')} cannot vary in a sweep: give it one value")
         if not values:
             raise FedsimError(f"--{key.replace('_', '-')}: an empty list of values")
+        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if twice is not None:
+            raise FedsimError(f"--{key.replace('_', '-')}: {format_value(twice)} is given twice")
     single = {k: v[0] for k, v in grid.items() if len(v) == 1}
     varying = {k: v for k, v in grid.items() if len(v) > 1}
     base = {**fixed, **single}
@@ -155,6 +160,12 @@ def expand(fixed: dict, grid: dict[str, list], sweep_name: str, max_runs: int = 
             except FedsimError as e:
                 raise FedsimError(f"run {name}: {e}") from None
             runs.append(SweepRun(name, config, shown))
+    names: dict[str, SweepRun] = {}
+    for run in runs:  # names are the runs' files: two runs must never share one
+        if run.name in names:
+            raise FedsimError(f"two runs would both be named {run.name} ({names[run.name].varying} and "
+                              f"{run.varying}): give values that differ in their first 6 digits or last path part")
+        names[run.name] = run
     return runs
 
 

@@ -57,6 +57,8 @@ BAD_VALUES = [
     (["--clip", "nan"], "--clip"), (["--lr-decay", "inf"], "--lr-decay"), (["--rounds", "0"], "--rounds"),
     (["--dirichlet", "nan"], "--dirichlet"), (["--client-test-fraction", "1"], "--client-test-fraction"),
     (["--head-epochs", "0"], "--head-epochs"), (["--executor", "gpu"], "executor"),
+    (["--name", "a/b"], "--name 'a/b' must be a plain file name"), (["--name", ".hidden"], "--name"),
+    (["--momentum", "0", "--nesterov"], "--nesterov needs --momentum > 0"),
 ]
 
 

@@ -47,6 +47,9 @@ def test_an_algorithms_own_option_multiplies_only_its_runs(tmp_path):
     ({"momentum": [0.0, 0.9], "nesterov": [True]}, "run s_momentum=0: --nesterov needs --momentum > 0"),
     ({"algo": ["fedper", "fedavg"], "freeze_base": [True]}, "run s_algo=fedavg: --freeze-base is for personalized"),
     ({"algo": ["fedavg", "ditto"], "bn": ["local"]}, "run s_algo=ditto: ditto keeps a whole personal model"),
+    ({"seed": [0, 1, 0]}, "--seed: 0 is given twice"),
+    ({"algo": ["fedprox"], "mu": [0.1, 0.1000001]}, "two runs would both be named s_mu=0.1"),
+    ({"dataset": ["a/imgs", "b/imgs"]}, "two runs would both be named s_dataset=imgs"),
     ({"algo": ["fednova"], "optimizer": ["sgd", "adam"]}, "run s_optimizer=adam: fednova normalizes SGD steps"),
 ])
 def test_bad_grids_are_one_line_before_anything_trains(tmp_path, grid, needle):
