@@ -166,7 +166,26 @@ def expand(fixed: dict, grid: dict[str, list], sweep_name: str, max_runs: int = 
             raise FedsimError(f"two runs would both be named {run.name} ({names[run.name].varying} and "
                               f"{run.varying}): give values that differ in their first 6 digits or last path part")
         names[run.name] = run
+    _check_named_things(runs)
     return runs
+
+
+def _check_named_things(runs: list[SweepRun]) -> None:
+    """The models and partition files the runs name exist: a run must not fail at its start, mid-sweep."""
+    from fedsim.data.partition import load_partition
+    from fedsim.models import check_model_name
+
+    checked = set()
+    for run in runs:
+        for key, check in (("model", check_model_name), ("partition", load_partition)):
+            value = getattr(run.config, key)
+            if value is None or (key, value) in checked:
+                continue
+            checked.add((key, value))
+            try:
+                check(value)
+            except FedsimError as e:
+                raise FedsimError(f"run {run.name}: {e}") from None
 
 
 def _product_size(axes: dict) -> int:

@@ -48,6 +48,8 @@ def test_an_algorithms_own_option_multiplies_only_its_runs(tmp_path):
     ({"algo": ["fedper", "fedavg"], "freeze_base": [True]}, "run s_algo=fedavg: --freeze-base is for personalized"),
     ({"algo": ["fedavg", "ditto"], "bn": ["local"]}, "run s_algo=ditto: ditto keeps a whole personal model"),
     ({"seed": [0, 1, 0]}, "--seed: 0 is given twice"),
+    ({"model": ["mlp", "nope"]}, "run s_model=nope: unknown model 'nope'"),
+    ({"partition": ["a.fsp", "b.fsp"]}, "run s_partition=a.fsp: partition file a.fsp does not exist"),
     ({"algo": ["fedprox"], "mu": [0.1, 0.1000001]}, "two runs would both be named s_mu=0.1"),
     ({"dataset": ["a/imgs", "b/imgs"]}, "two runs would both be named s_dataset=imgs"),
     ({"algo": ["fednova"], "optimizer": ["sgd", "adam"]}, "run s_optimizer=adam: fednova normalizes SGD steps"),

@@ -38,12 +38,24 @@ _LAZY = {
     "resolve_model": "fedsim.models.user",
 }
 
-__all__ = ["BUILTIN_MODELS", "model_names", *_LAZY]
+__all__ = ["BUILTIN_MODELS", "check_model_name", "model_names", *_LAZY]
 
 
 def model_names() -> list[str]:
     """The built-in model names (any torchvision classifier also works: `torchvision_model_names()`)."""
     return list(BUILTIN_MODELS)
+
+
+def check_model_name(name: str) -> None:
+    """The unknown-model FedsimError unless `name` is a built-in or a torchvision classifier (a user's
+    package.module:attr is resolved later, against the data's shapes). Built-in names import nothing."""
+    key = str(name).strip().lower()
+    if ":" in key or key.replace("_", "-") in BUILTIN_MODELS:
+        return
+    from fedsim.models import zoo
+
+    if key not in zoo.torchvision_model_names():
+        raise zoo.unknown_model(key)
 
 
 def __getattr__(name: str):

@@ -81,7 +81,7 @@ def _check_shape(name: str, input_shape, num_classes) -> tuple[tuple[int, ...], 
     return shape, classes
 
 
-def _unknown_model(name: str) -> FedsimError:
+def unknown_model(name: str) -> FedsimError:
     import torchvision
 
     tv_names = torchvision_model_names()
@@ -120,7 +120,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
             )
         return build_builtin(key, shape, num_classes)
     if key not in torchvision_model_names():
-        raise _unknown_model(key)
+        raise unknown_model(key)
     return _build_torchvision(key, shape, num_classes, pretrained)
 
 
