@@ -58,7 +58,9 @@ def main() -> None:
         if not any(cls.__name__ == "UsageError" for cls in type(e).__mro__):
             raise
         command = e.ctx.command_path if e.ctx is not None else "fedsim"
-        sys.stderr.write(f"error: {e.format_message()} (see `{command} --help`)\n")
+        several = command.endswith(" train") and any("," in arg for arg in sys.argv[2:])
+        hint = "; for several values of an option, a grid of runs, use `fedsim sweep`" if several else ""
+        sys.stderr.write(f"error: {e.format_message()} (see `{command} --help`{hint})\n")
         code = e.exit_code
     except KeyboardInterrupt:  # Ctrl-C outside a training run
         code = 130

@@ -97,7 +97,8 @@ def test_resume_with_zero_rounds_is_bad_input(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["train", "--rounds", "x"], ["train", "--nosuch"], ["train", "--betas", "0.9"],
-                                  ["nosuch"], ["compare"], ["partition", "--clients", "y"]])
+                                  ["nosuch"], ["compare"], ["partition", "--clients", "y"],
+                                  ["train", "--lr", "0.1,0.2"]])
 def test_usage_errors_of_the_console_script_are_one_line_exit_2(args):
     import subprocess
     import sys
@@ -105,3 +106,4 @@ def test_usage_errors_of_the_console_script_are_one_line_exit_2(args):
     result = subprocess.run([sys.executable, "-m", "fedsim", *args], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert ("fedsim sweep" in result.stderr) == ("," in " ".join(args)), result.stderr  # several values: a sweep
