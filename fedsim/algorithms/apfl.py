@@ -26,7 +26,6 @@ from fedsim.algorithms.fedper import local_trainable
 from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
-from fedsim.errors import FedsimError
 
 CHUNK = 4096  # samples per forward pass when computing α's gradient
 
@@ -39,14 +38,10 @@ class APFLParams(Params):
 
 class APFL(FedAvg):
     name = "apfl"
+    no_bn_local = "keeps a whole personal model (BN layers included)"
     personalized = True
     Params = APFLParams
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.bn == "local":
-            raise FedsimError("apfl keeps a whole personal model (BN layers included); drop --bn local")
     def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
         self.trainable = local_trainable(keys, config.freeze_base, self.name)

@@ -20,7 +20,6 @@ from fedsim.algorithms.fedper import local_trainable
 from fedsim.core.hooks import LinearTerm, Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
-from fedsim.errors import FedsimError
 
 
 @dataclass(frozen=True)
@@ -32,14 +31,10 @@ class DittoParams(Params):
 
 class Ditto(FedAvg):
     name = "ditto"
+    no_bn_local = "keeps a whole personal model (BN layers included)"
     personalized = True
     Params = DittoParams
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.bn == "local":
-            raise FedsimError("ditto keeps a whole personal model (BN layers included); drop --bn local")
     def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
         self.trainable = local_trainable(keys, config.freeze_base, self.name)

@@ -45,14 +45,10 @@ class FedALAParams(Params):
 
 class FedALA(FedAvg):
     name = "fedala"
+    no_freeze_base = "trains the whole model"
     personalized = True
     Params = FedALAParams
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.freeze_base:
-            raise FedsimError("fedala trains the whole model: drop --freeze-base")
     def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
         if self.params.ala_top > len(keys.params):

@@ -45,6 +45,9 @@ class FedAvg:
     straggler_policy = "drop"  # --stragglers when --straggler-policy is not given: drop them (FedProx's FedAvg)
     Params = NoParams  # the algorithm's own options; a subclass declares its own (fedsim.core.params)
 
+    no_freeze_base: str | None = None  # why a personalized algorithm cannot take --freeze-base, if it cannot
+    no_bn_local: str | None = None  # why it cannot take --bn local, if it cannot
+
     @classmethod
     def check_config(cls, config) -> None:
         """Refuse the combinations of options this algorithm cannot run (one FedsimError line). Config.validate
@@ -52,6 +55,10 @@ class FedAvg:
         if config.freeze_base and not cls.personalized:
             raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
                               f"not {config.algo}")
+        if config.freeze_base and cls.no_freeze_base:
+            raise FedsimError(f"{cls.name} {cls.no_freeze_base}: drop --freeze-base")
+        if config.bn == "local" and cls.no_bn_local:
+            raise FedsimError(f"{cls.name} {cls.no_bn_local}; drop --bn local")
 
     def __init__(self, config, keys: ModelKeys, num_clients: int = 1):
         self.check_config(config)

@@ -24,7 +24,6 @@ from fedsim.algorithms.fedper import head_params
 from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import num_bytes
-from fedsim.errors import FedsimError
 
 
 @dataclass(frozen=True)
@@ -35,15 +34,11 @@ class FedBABUParams(Params):
 
 class FedBABU(FedAvg):
     name = "fedbabu"
+    no_freeze_base = "trains the base and keeps the head frozen"
     needs_head = True
     personalized = True  # by fine-tuning before evaluation (no personal part is kept between rounds)
     Params = FedBABUParams
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.freeze_base:
-            raise FedsimError("fedbabu trains the base and keeps the head frozen: drop --freeze-base")
     def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
         head = set(keys.head or ()) | head_params(keys, self.name)

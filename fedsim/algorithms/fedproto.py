@@ -26,7 +26,6 @@ from fedsim.algorithms.fedper import head_params
 from fedsim.core.hooks import Phase, ServerState
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
-from fedsim.errors import FedsimError
 
 CHUNK = 4096  # samples per forward pass when computing prototypes
 LABEL_BYTES = 8  # each prototype travels with its class label, an int64
@@ -40,16 +39,12 @@ class FedProtoParams(Params):
 
 class FedProto(FedAvg):
     name = "fedproto"
+    no_freeze_base = "trains its base"
     needs_head = True
     personalized = True
     plain_average = False  # no model is averaged: robust aggregation and DP do not apply
     Params = FedProtoParams
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.freeze_base:
-            raise FedsimError("fedproto trains its base: drop --freeze-base")
     def __init__(self, config, keys, num_clients: int = 1):
         self.head_modules = sorted({k.rpartition(".")[0] for k in head_params(keys, self.name)})
         super().__init__(config, keys, num_clients)

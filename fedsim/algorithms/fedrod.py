@@ -30,14 +30,10 @@ from fedsim.errors import FedsimError
 
 class FedRoD(FedAvg):
     name = "fedrod"
+    no_freeze_base = "trains its base"
     needs_head = True
     personalized = True
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.freeze_base:
-            raise FedsimError("fedrod trains its base: drop --freeze-base")
     def __init__(self, config, keys, num_clients: int = 1):
         self.head = sorted(head_params(keys, self.name))
         super().__init__(config, keys, num_clients)

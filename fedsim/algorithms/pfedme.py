@@ -26,7 +26,6 @@ from fedsim.algorithms.peravg import batch_gradient
 from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
-from fedsim.errors import FedsimError
 
 
 @dataclass(frozen=True)
@@ -42,15 +41,11 @@ class PFedMeParams(Params):
 
 class PFedMe(FedAvg):
     name = "pfedme"
+    no_freeze_base = "trains the whole model"
     phases_read = frozenset({"lr"})  # its local loss scales by --lr
     personalized = True
     Params = PFedMeParams
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        if config.freeze_base:
-            raise FedsimError("pfedme trains the whole model: drop --freeze-base")
     def personal_initial(self, initial):
         return clone(initial)  # the client's local model w
 
