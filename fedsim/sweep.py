@@ -112,8 +112,8 @@ def format_value(value) -> str:
         return f"{value:g}"
     if isinstance(value, bool):
         return str(value).lower()
-    text = str(value)
-    return Path(text.replace("\\", "/")).name or text if "/" in text or "\\" in text else text
+    text = str(value).replace("\\", "/")
+    return (Path(text).name or str(value)) if "/" in text else str(value)
 
 
 def expand(fixed: dict, grid: dict[str, list], sweep_name: str, max_runs: int = DEFAULT_MAX_RUNS) -> list[SweepRun]:
