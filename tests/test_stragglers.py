@@ -56,10 +56,22 @@ def test_dropout_fails_clients_with_its_probability():
     assert Stragglers().plan(COHORT, 1).train == COHORT and Stragglers().columns == []
 
 
-def test_partial_needs_two_epochs_or_steps():
-    with pytest.raises(FedsimError, match="needs --local-epochs >= 2"):
-        Stragglers(0.5, "partial", epochs=1)
-    Stragglers(0.5, "drop", epochs=1)  # drop needs no partial work
+def test_partial_at_one_epoch_trains_1_to_s_minus_1_of_the_epoch_s_steps():
+    """FedProx's partial work at the default single local epoch: a uniform part of that epoch's S batches."""
+    sizes = np.array([25, 10, 11, 3, 40, 20, 21, 30, 9, 50])  # S = ceil(n/10), a lone last sample joined: 3,1,1,1,4..
+    s = Stragglers(0.9, "partial", epochs=1, sizes=sizes, batch_size=10)
+    seen: dict[int, set] = {}
+    for r in range(1, 300):
+        plan = s.plan(COHORT, r)
+        assert plan.train == COHORT and plan.dropped == 0
+        for c, w in plan.work.items():
+            seen.setdefault(c, set()).update(w.values())
+            assert set(w) == {"steps"}
+    assert seen[0] == {1, 2} and seen[4] == {1, 2, 3} and seen[9] == {1, 2, 3, 4}  # 1..S-1, never S
+    assert 1 not in seen and 2 not in seen and 3 not in seen  # one batch (11 = 10 + a lone sample): all of it
+    with pytest.raises(FedsimError, match="needs --local-steps >= 2"):
+        Stragglers(0.5, "partial", steps=1)
+    Stragglers(0.5, "drop", steps=1)  # drop needs no partial work
 
 
 def test_a_job_override_takes_fewer_steps_on_both_executors_with_equal_numbers():
@@ -150,7 +162,7 @@ def test_resume_equals_an_uninterrupted_run_and_refuses_another_fraction(tmp_pat
     (["--stragglers", "1.5"], "--stragglers"),
     (["--client-dropout", "1"], "--client-dropout"),
     (["--straggler-policy", "wait"], "unknown --straggler-policy 'wait'"),
-    (["--stragglers", "0.5", "--straggler-policy", "partial", "--local-epochs", "1"], "needs --local-epochs >= 2"),
+    (["--stragglers", "0.5", "--straggler-policy", "partial", "--local-steps", "1"], "needs --local-steps >= 2"),
 ])
 def test_bad_values_are_one_line_and_exit_2(tmp_path, args, message):
     result = runner.invoke(app, ["train", "--rounds", "1", "--out-dir", str(tmp_path), "--quiet", *args])

@@ -43,6 +43,15 @@ class LocalSpec:
     seed: int = 0
 
 
+def epoch_cuts(n: int, batch_size: int) -> list[int]:
+    """Where an epoch of n samples is cut into batches: [0, B, 2B, ..., n], a lone last sample joined to the batch
+    before it (BatchNorm cannot train on one sample)."""
+    cuts = list(range(0, n, batch_size)) + [n]
+    if len(cuts) > 2 and n - cuts[-2] == 1:
+        del cuts[-2]
+    return cuts
+
+
 def batch_schedule(generator: np.random.Generator, n: int, batch_size: int, epochs: int,
                    steps: int | None) -> list[np.ndarray]:
     """Positions into a client's index set, one array per local step.
@@ -51,9 +60,7 @@ def batch_schedule(generator: np.random.Generator, n: int, batch_size: int, epoc
     without drop_last, except that a lone last sample joins the batch before it: BatchNorm cannot
     train on one sample); with `steps`, epochs follow each other until that many batches are taken.
     """
-    cuts = list(range(0, n, batch_size)) + [n]
-    if len(cuts) > 2 and n - cuts[-2] == 1:
-        del cuts[-2]
+    cuts = epoch_cuts(n, batch_size)
     batches: list[np.ndarray] = []
     for _ in range(epochs if steps is None else -(-steps // (len(cuts) - 1))):
         perm = generator.permutation(n)

@@ -3,7 +3,9 @@
 As FedProx's experiments (Li et al., MLSys 2020, §5.2; the authors' `flearn/trainers`): after the cohort is
 chosen, a fraction of it straggles. Under the `drop` policy (FedAvg's in the paper) the stragglers are left
 out of the round; under `partial` (FedProx's) each straggler trains a number of local epochs drawn uniformly
-from 1..E−1 (steps 1..S−1 under --local-steps) and is averaged in with its partial work. The paper picks the
+from 1..E−1 (steps 1..S−1 under --local-steps; at one local epoch, steps 1..S−1 of the epoch's S batches, so
+partial work is part of the epoch as FedProx's code draws it; a client whose epoch is one batch trains it whole)
+and is averaged in with its partial work. The paper picks the
 active clients as round(cohort · (1 − P)), so the stragglers are the rest. Every draw is keyed: who straggles
 by (seed, round), a straggler's work by (seed, round, client).
 
@@ -18,6 +20,7 @@ import builtins
 from dataclasses import dataclass, field
 
 from fedsim.core import rng
+from fedsim.engine.local import epoch_cuts
 from fedsim.errors import FedsimError
 
 POLICIES = ("drop", "partial")
@@ -43,15 +46,15 @@ class Stragglers:
     epochs: int = 1  # --local-epochs
     steps: int | None = None  # --local-steps
     seed: int = 0
+    sizes: object = None  # each client's training samples (the batches of its one epoch)
+    batch_size: int = 1
 
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise FedsimError(f"unknown --straggler-policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
-        work = self.steps or self.epochs
-        if self.fraction > 0 and self.policy == "partial" and work < 2:
-            what = "--local-steps" if self.steps else "--local-epochs"
-            raise FedsimError(f"--straggler-policy partial gives a straggler 1..{what}-1 of the local work: it needs "
-                              f"{what} >= 2 (got {work}); or use --straggler-policy drop")
+        if self.fraction > 0 and self.policy == "partial" and self.steps == 1:
+            raise FedsimError("--straggler-policy partial gives a straggler 1..S-1 of its S local steps: it needs "
+                              "--local-steps >= 2 (got 1); or use --straggler-policy drop")
 
     @property
     def active(self) -> bool:
@@ -73,7 +76,16 @@ class Stragglers:
                   if u < self.dropout}
         left_out = failed | (stragglers if self.policy == "drop" else set())
         train = [c for c in cohort if c not in left_out]
-        key = "steps" if self.steps else "epochs"
-        work = {c: {key: int(rng.keyed_rng(rng.STRAGGLERS, self.seed, round, c).integers(1, self.steps or self.epochs))}
-                for c in train if c in stragglers}
-        return RoundPlan(cohort, train, work, len(stragglers), len(left_out))
+        work = {c: self.partial_work(c, round) for c in train if c in stragglers}
+        return RoundPlan(cohort, train, {c: w for c, w in work.items() if w}, len(stragglers), len(left_out))
+
+    def partial_work(self, client: int, round: int) -> dict:
+        """A straggler's local work: epochs 1..E−1, or steps 1..S−1 (S: --local-steps, else its epoch's batches);
+        {} (all of it) when its work is one step."""
+        if self.steps or self.epochs > 1:
+            key, full = ("steps", self.steps) if self.steps else ("epochs", self.epochs)
+        else:
+            key, full = "steps", len(epoch_cuts(int(self.sizes[client]), self.batch_size)) - 1
+        if full < 2:
+            return {}
+        return {key: int(rng.keyed_rng(rng.STRAGGLERS, self.seed, round, client).integers(1, full))}
