@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsim.algorithms import ALGORITHMS, algorithm_class, algorithm_options
+from fedsim.core.channel import refusal
 from fedsim.core.params import Range, check_value
 from fedsim.data.schemes import SCHEMES
 from fedsim.errors import FedsimError
+from fedsim.privacy.aggregation import SUMMED_ONLY as DP_SUMMED_ONLY
 from fedsim.privacy.options import check_options as check_privacy_options
+from fedsim.privacy.options import enabled as privacy_enabled
 from fedsim.robust import check_options as check_robust_options
+from fedsim.robust.aggregators import SUMMED_ONLY as ROBUST_SUMMED_ONLY
 
 EXECUTORS = ("auto", "sequential", "vmap")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -71,10 +75,11 @@ class GeneralOptions:
     # --- differential privacy (fedsim.privacy): on with --dp-noise or --dp-epsilon ---------------
     dp_noise: float | None = None        # noise multiplier z: noise std = z x clip norm
     dp_epsilon: float | None = None      # or the budget: z computed to spend exactly this in --rounds
-    dp_delta: float | None = None        # default 1/N (N = clients with data)
+    dp_delta: float | None = None        # default min(N^-1.1, 1e-5) (N = clients with data)
     dp_clip: str | None = None           # a client update's L2 clip norm C, or 'adaptive' (Andrew et al.)
     dp_clip_quantile: float = 0.5        # adaptive: the update-norm quantile C tracks
     dp_mode: str = "central"             # central: the server noises the sum; local: each client its update
+    dp_noise_seed: int | None = None     # key the noise by this (runs sharing it share noise); default: the run's hash
     # --- rounds and clients per round -------------------------------------------------------
     rounds: int = 20
     fraction: float = 1.0                # clients per round = max(round(fraction * N), min_clients)
@@ -142,6 +147,16 @@ class GeneralOptions:
             raise FedsimError(f"--image-size must be H or H,W in pixels, e.g. 32 or 32,24 (got {self.image_size!r})")
         return (sizes[0], sizes[-1])
 
+    def channel_users(self) -> list[tuple[str, str]]:
+        """The channel's stages and reducer these options ask for that must see every value a client sends (their
+        name, why): an algorithm sending a per-client field is refused with them (fedsim.core.channel.refusal)."""
+        users = []
+        if privacy_enabled(self):
+            users.append(("differential privacy", DP_SUMMED_ONLY))
+        if self.aggregate != "mean":
+            users.append((f"--aggregate {self.aggregate}", ROBUST_SUMMED_ONLY))
+        return users
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
@@ -183,6 +198,9 @@ class GeneralOptions:
         algorithm_class(self.algo).check_config(self)
         check_robust_options(self)
         check_privacy_options(self)
+        problem = refusal(self.algo, algorithm_class(self.algo).sends, self.channel_users())
+        if problem:
+            raise FedsimError(problem)
         self.scheme  # noqa: B018  (raises on two schemes at once)
         self.image_hw()
 
@@ -200,7 +218,7 @@ RANGES = {
     "stragglers": Range(0, 1), "client_dropout": Range(0, 1, high_open=True),
     "trim_fraction": Range(0, 0.5, high_open=True), "krum_f": Range(0), "krum_m": Range(1),
     "malicious_fraction": Range(0, 1), "attack_scale": Range(0, low_open=True),
-    "dp_noise": Range(0), "dp_epsilon": Range(0, low_open=True),
+    "dp_noise": Range(0), "dp_epsilon": Range(0, low_open=True), "dp_noise_seed": Range(0),
     "dp_delta": Range(0, 1, low_open=True, high_open=True),
     "dp_clip_quantile": Range(0, 1, low_open=True, high_open=True),
 }

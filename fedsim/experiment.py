@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import signal
 import threading
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 
 from fedsim.algorithms import algorithm_class
-from fedsim.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
+from fedsim.checkpoint import RESUMABLE_OPTIONS, Checkpoint, Progress, load_checkpoint, save_checkpoint
 from fedsim.config import Config
 from fedsim.core import rng
+from fedsim.core.channel import Channel
 from fedsim.core.hooks import ClientJob, ClientStore, ModelKeys
 from fedsim.core.state import clone, model_state
 from fedsim.engine import distributed
@@ -52,8 +54,8 @@ class Experiment:
     keys: ModelKeys
     algorithm: object
     executor: object
+    channel: Channel  # what the clients send passes through it (attack, DP, robust reducer) to the server
     malicious: np.ndarray | None = None  # the attacking clients (--attack), None: no attack
-    transforms: tuple = ()  # run_round's changes to what the clients send (a model attack, local DP's noise)
     privacy: object = None  # fedsim.privacy.Privacy (--dp-noise, --dp-epsilon), None: no DP
     ranks: object = None  # under torchrun: this process's share of the work (engine.distributed.Ranks)
 
@@ -98,10 +100,13 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
         head = split_state_keys(model, find_head(model, config.head))[1]
     keys = ModelKeys(params=[k for k, _ in model.named_parameters()],
                      buffers=[k for k, _ in model.named_buffers()], bn=list(bn_state_keys(model)), head=head)
-    algorithm = algo_cls(config, keys, partition.num_clients)
-    robust = install_robustness(config, algorithm, partition, dataset.y_train, dataset.num_classes,
-                                cohort_size(config, eligible))
-    privacy = install_privacy(config, algorithm, eligible, cohort_size(config, eligible))
+    algorithm = algo_cls(config, keys, eligible)
+    cohort = cohort_size(config, eligible)
+    robust = install_robustness(config, keys, partition, dataset.y_train, dataset.num_classes, cohort)
+    privacy = install_privacy(config, eligible, cohort, noise_key(config))
+    channel = Channel(robust.stages + (() if privacy is None else privacy.stages),
+                      robust.reducer if privacy is None else privacy.reducer, variance_keys(model))
+    channel.check(config.algo, algorithm.sends)
 
     # the partition is already CSR: one index array plus offsets (copied: its arrays are read-only)
     data = ClientData(dataset.x_train, robust.labels, torch.tensor(partition.train_index, device=device),
@@ -117,8 +122,23 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     executor = executor_factory(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile,
                              threads)
     executor.threads.apply()
-    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, robust.malicious,
-                      robust.transforms + (() if privacy is None else privacy.transforms), privacy, ranks)
+    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, channel,
+                      robust.malicious, privacy, ranks)
+
+
+def noise_key(config: Config) -> int:
+    """What keys a run's DP noise: --dp-noise-seed, else a hash of every option that changes its numbers (not
+    those a resume may change), so runs of a sweep never share noise and a rerun draws the same."""
+    if config.dp_noise_seed is not None:
+        return config.dp_noise_seed
+    options = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_OPTIONS}
+    return int(hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:15], 16)
+
+
+def variance_keys(model: torch.nn.Module) -> list[str]:
+    """The state keys of running variances (BatchNorm's, InstanceNorm's): an average may never make them negative."""
+    return [f"{name}.running_var" if name else "running_var" for name, module in model.named_modules()
+            if isinstance(getattr(module, "running_var", None), torch.Tensor)]
 
 
 def cohort_size(config: Config, eligible: int) -> int:
@@ -184,8 +204,12 @@ def evaluate(exp: Experiment, server, store, round: int, lr: float) -> dict:
         per_client.append(predict(exp.model, state if state is not None else server.model, x[t], y[t])[1]
                           .cpu().numpy())
     personal = personal_summary(per_client)
+    test_loss = float(losses.mean()) if len(losses) else float("nan")
+    if len(losses) and not math.isfinite(test_loss):  # NaN metrics are a diverged run, never a finished one
+        raise DivergenceError(f"evaluation diverged in round {round}: test_loss is {test_loss} (the global model's "
+                              "outputs on the test split are not finite); lower --lr or add --clip 1.0", round, None)
     return {
-        "test_loss": float(losses.mean()) if len(losses) else float("nan"),
+        "test_loss": test_loss,
         "test_accuracy": float(correct.float().mean()) if len(correct) else float("nan"),
         **{f"personal_accuracy_{k}": v for k, v in personal.items()},
     }
@@ -285,9 +309,12 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
                           "partition file or the dataset changed; resuming needs the same split")
     else:
         start = checkpoint.progress.to(exp.device)
+    if exp.privacy is not None:  # the clip norm and noise multiplier the run's rounds so far used
+        exp.privacy.restore(start.server, config.rounds)
     check_installed(config.log)  # a missing tracking extra is one line, before anything is written
     stragglers = Stragglers(config.stragglers, config.straggler_policy or exp.algorithm.straggler_policy,
-                            config.client_dropout, config.local_epochs, config.local_steps, config.seed)
+                            config.client_dropout, config.local_epochs, config.local_steps, config.seed,
+                            exp.partition.train_sizes, config.batch_size)
     if exp.ranks is not None and not exp.ranks.lead:  # ranks 1, 2, ...: their shares; rank 0 evaluates and writes
         for _ in _round_loop(exp, None, start, stragglers):
             pass
@@ -295,7 +322,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     writer = RunWriter(config.out_dir, config.run_name(), config.overwrite, run_record(exp),
                        resume_round=None if checkpoint is None else checkpoint.round,
                        columns=CSV_COLUMNS + ([] if exp.malicious is None else ["malicious"]) + stragglers.columns
-                       + ([] if exp.privacy is None else PRIVACY_COLUMNS))
+                       + ([] if exp.privacy is None else PRIVACY_COLUMNS) + list(exp.channel.columns))
     done, saved = start, start.round  # the last completed round, and the last checkpointed one
     trackers = Trackers(config, writer.dir, config.run_name(), None if checkpoint is None else checkpoint.round)
 
@@ -365,8 +392,6 @@ def _round_loop(exp: Experiment, writer: RunWriter | None, start: Progress, stra
     """
     config, algo, part = exp.config, exp.algorithm, exp.partition
     server = start.server
-    if exp.privacy is not None:
-        exp.privacy.restore(server)
     store = ClientStore(algo.personal_initial(model_state(exp.model)), start.clients)
     eligible = np.flatnonzero(part.train_sizes > 0)
     size = cohort_size(config, len(eligible))
@@ -377,7 +402,7 @@ def _round_loop(exp: Experiment, writer: RunWriter | None, start: Progress, stra
         lr = config.lr * config.lr_decay ** (r - 1)
         down = algo.bytes_down(server)  # the cohort receives the server's state from before the round
         plan = stragglers.plan(exp.cohort(r, eligible, size), r)  # who trains, and the stragglers' work
-        result = run_round(algo, exp.executor, server, store, plan.train, r, lr, exp.transforms, plan.work, exp.ranks)
+        result = run_round(algo, exp.executor, server, store, plan.train, r, lr, exp.channel, plan.work, exp.ranks)
         server = result.server
         if exp.privacy is not None:
             server = exp.privacy.after_round(server)
@@ -398,6 +423,8 @@ def _round_loop(exp: Experiment, writer: RunWriter | None, start: Progress, stra
                 row.update(exp.privacy.row(r))
             if stragglers.active:
                 row.update(stragglers=plan.stragglers, dropped=plan.dropped)
+            row.update({c: None if result.aggregate is None else result.aggregate.info.get(c)
+                        for c in exp.channel.columns})
             now = time.perf_counter()
             row["round_seconds"] = now - round_start
             row["elapsed_seconds"] = now - started
@@ -414,8 +441,8 @@ def _what_ranks_share(exp: Experiment, checkpoint: Checkpoint | None) -> dict:
 
 
 def bytes_sent_up(algo, server, sent) -> int:
-    """Bytes the cohort sent the server: each client's `bytes_up_of` (FedProto's prototypes, as many as the
-    client's classes; FedAvg's default: `bytes_up`)."""
+    """Bytes the cohort sent the server: each message's `bytes_up_of` (its fields' tensors; FedProto's
+    prototypes, as many as the client's classes)."""
     return sum(algo.bytes_up_of(server, r) for r in sent)
 
 

@@ -38,7 +38,8 @@ def worker(args) -> None:
 
     from fedsim.algorithms.fedavg import FedAvg
     from fedsim.config import Config
-    from fedsim.core.hooks import ClientResult, ClientStore, ModelKeys
+    from fedsim.core.channel import MODEL, Message
+    from fedsim.core.hooks import ClientStore, ModelKeys
     from fedsim.core.state import model_state
     from fedsim.engine import distributed
     from fedsim.engine.local import ClientData, LocalSpec
@@ -85,7 +86,7 @@ def worker(args) -> None:
         dist.all_gather_object = plain
         state = model_state(model)
         mine = ranks.share(w.cohort(1))
-        payload = [ClientResult(c, w.per_client, [state], [60], 0.0) for c in mine]
+        payload = [Message(c, w.per_client, {MODEL: state}) for c in mine]
         flat = torch.cat([t.reshape(-1).float() for t in state.values()])
         transfer, reduce = [], []
         for _ in range(5):

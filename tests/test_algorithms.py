@@ -21,7 +21,7 @@ from fedsim.core.hooks import ClientResult, ClientStore, ModelKeys
 from fedsim.core.state import model_state
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor
 from fedsim.engine.optim import OptimizerSpec
-from fedsim.engine.round import run_round
+from fedsim.engine.round import run_round, update_server
 from fedsim.errors import FedsimError
 
 
@@ -107,8 +107,12 @@ class Sim:
         jobs = [self.algo.client_job(self.server, self.store, c) for c in cohort]
         result = run_round(self.algo, SequentialExecutor(self.model, self.data, spec), self.server, self.store,
                            cohort, self.round, lr)
-        self.server = result.server
-        return jobs, result.sent
+        self.server, self.sent = result.server, {m.client: m for m in result.sent}
+        return jobs, result.trained
+
+    def bytes_up(self) -> int:
+        """Bytes the first client of the last round sent."""
+        return self.algo.bytes_up_of(self.server, next(iter(self.sent.values())))
 
 
 def sgd_step(state, x, y, lr, trainable=None, penalty=None, correction=None):
@@ -167,7 +171,7 @@ def test_scaffold_control_variates_and_corrected_steps_follow_the_paper():
         assert r.steps == [2]
         ci[r.client] = {k: (w0[k] - r.states[-1][k]) / (2 * lr) for k in PARAMS}  # option II with c = c_i = 0
         close(sim.store.get(r.client)["c"], ci[r.client])
-        close(r.extra["dc"], ci[r.client])
+        close(sim.sent[r.client].fields["dc"], ci[r.client])
     c1 = {k: sum(ci[i][k] for i in ci) / n_clients for k in PARAMS}
     close(sim.server.extra["c"], c1)
     assert all(float(v.abs().sum()) == 0 for v in sim.store.get(3)["c"].values()) and len(sim.store) == 3
@@ -190,7 +194,7 @@ def test_scaffold_control_variates_and_corrected_steps_follow_the_paper():
           atol=1e-4, rtol=1e-4)
     # the control variates travel both ways
     model_bytes = sum(v.numel() * 4 for v in w0.values())
-    assert sim.algo.bytes_up(sim.server) == sim.algo.bytes_down(sim.server) == 2 * model_bytes
+    assert sim.bytes_up() == sim.algo.bytes_down(sim.server) == 2 * model_bytes
     assert sim.algo.personal_model(sim.server, sim.store, 0) is None
 
 
@@ -275,6 +279,12 @@ def server_sim(name, **config):
     return algo, algo.init_server({k: v.clone() for k, v in W0.items()})
 
 
+def aggregated(algo, server, results):
+    """The server state after the clients of `results` send through the default channel."""
+    store = ClientStore({})
+    return update_server(algo, server, [algo.client_finish(server, store, r) for r in results], 1)[0]
+
+
 D1 = [torch.tensor([0.4, -0.1, 0.0, 2e-4]), torch.tensor([-0.4, 0.3, 0.1, 2e-4])]
 D2 = [torch.tensor([0.1, 0.1, -0.2, 0.0]), torch.tensor([0.2, -0.3, 0.1, 1.0])]
 
@@ -286,7 +296,7 @@ def mean_delta(deltas, sizes=(1, 3)):
 def test_fedadam_with_zero_betas_takes_normalized_steps():
     eta, tau = 0.3, 1e-3
     algo, server = server_sim("fedadam", server_lr=eta, server_beta1=0.0, server_beta2=0.0, server_tau=tau)
-    server = algo.aggregate(server, results_from(W0, D1))
+    server = aggregated(algo, server, results_from(W0, D1))
     delta = mean_delta(D1)
     torch.testing.assert_close(server.model["w"], W0["w"] + eta * delta / (delta.abs() + tau))
     torch.testing.assert_close(server.model["bn.running_mean"], torch.tensor([0.75, 1.5]))  # FedAvg's mean
@@ -298,7 +308,7 @@ def test_adaptive_server_optimizers_follow_algorithm_2(name):
     algo, server = server_sim(name, server_lr=eta, server_beta1=b1, server_beta2=b2, server_tau=tau)
     w, m, v = W0["w"].clone(), torch.zeros(4), torch.full((4,), tau**2)
     for deltas in (D1, D2):
-        server = algo.aggregate(server, results_from(server.model, deltas))
+        server = aggregated(algo, server, results_from(server.model, deltas))
         delta = mean_delta(deltas)
         m = b1 * m + (1 - b1) * delta
         v = {"fedadam": b2 * v + (1 - b2) * delta**2, "fedadagrad": v + delta**2,
@@ -317,7 +327,7 @@ def test_fedyogi_and_fedadagrad_first_step():
     for name, v in (("fedyogi", tau**2 - (1 - b2) * delta**2 * torch.sign(tau**2 - delta**2)),
                     ("fedadagrad", tau**2 + delta**2)):
         algo, server = server_sim(name, server_lr=eta, server_beta1=b1, server_beta2=b2, server_tau=tau)
-        server = algo.aggregate(server, results_from(W0, D1))
+        server = aggregated(algo, server, results_from(W0, D1))
         torch.testing.assert_close(server.model["w"], W0["w"] + eta * m / (v.sqrt() + tau))
 
 
@@ -326,13 +336,13 @@ def test_fedavgm_accumulates_server_momentum_and_reduces_to_fedavg():
     algo, server = server_sim("fedavgm", server_lr=eta, server_momentum=beta)
     v, w = torch.zeros(4), W0["w"].clone()
     for deltas in (D1, D2):
-        server = algo.aggregate(server, results_from(server.model, deltas))
+        server = aggregated(algo, server, results_from(server.model, deltas))
         v = beta * v + mean_delta(deltas)
         w = w + eta * v
         torch.testing.assert_close(server.model["w"], w)
     algo, server = server_sim("fedavgm", server_lr=1.0, server_momentum=0.0)
-    fedavg = FedAvg(Config(), SRV_KEYS).aggregate(server, results_from(W0, D1))
-    close(algo.aggregate(server, results_from(W0, D1)).model, fedavg.model)
+    fedavg = aggregated(FedAvg(Config(), SRV_KEYS), server, results_from(W0, D1))
+    close(aggregated(algo, server, results_from(W0, D1)).model, fedavg.model)
 
 
 # --- FedBN -------------------------------------------------------------------------------------------------
@@ -398,7 +408,7 @@ def test_fedper_shares_the_base_and_keeps_heads_per_client():
             close(sim.store.get(c), heads[c])
             close(sim.algo.personal_model(sim.server, sim.store, c), {**base, **heads[c]})
     assert torch.equal(sim.server.model["fc.weight"], sim.initial["fc.weight"])  # the server's head is unused
-    assert sim.algo.bytes_up(sim.server) == sum(sim.initial[k].numel() * 4 for k in BASE)
+    assert sim.bytes_up() == sum(sim.initial[k].numel() * 4 for k in BASE)
 
 
 def test_fedper_freeze_base_trains_only_the_head():
@@ -527,7 +537,7 @@ def test_fedas_weighs_clients_by_their_fisher_trace():
     _, results = sim.step([0, 1, 2], batch_size=3)
     fim = [fisher_trace(r.states[-1], *client_xy(data, r.client), 3) for r in results]
     for r, f in zip(results, fim, strict=True):
-        assert math.isclose(r.extra["fisher"], f, rel_tol=1e-5)
+        assert math.isclose(sim.sent[r.client].fields["fisher"], f, rel_tol=1e-5)
     close(sim.server.model, mean_of([r.states[-1] for r in results], fim, BASE), BASE)
     assert torch.equal(sim.server.model["fc.bias"], sim.initial["fc.bias"])
     assert not torch.allclose(sim.server.model["body.weight"],

@@ -131,7 +131,7 @@ def test_feddyn_follows_the_paper_and_its_first_round_is_fedprox():
             close(sim.store.get(c)["grad"], g[c], atol=1e-6, rtol=1e-5)
             trained.append(theta)
         h = {k: h[k] - alpha / n_clients * sum(t[k] - w[k] for t in trained) for k in PARAMS}
-        mean = mean_of(trained, [data.size(c) for c in cohort], PARAMS)
+        mean = mean_of(trained, [1] * len(cohort), PARAMS)  # the plain mean over the cohort (Algorithm 1)
         w = {k: mean[k] - h[k] / alpha for k in PARAMS}
         close(sim.server.extra["h"], h, atol=1e-6, rtol=1e-5)
         close(sim.server.model, w, atol=1e-6, rtol=1e-5)
@@ -160,7 +160,7 @@ def test_lgfedavg_keeps_bases_per_client_and_averages_the_heads():
         for c in range(3):
             close(sim.algo.personal_model(sim.server, sim.store, c), {**bases[c], **head})
     assert torch.equal(sim.server.model["body.weight"], sim.initial["body.weight"])  # the server's base is unused
-    assert sim.algo.bytes_up(sim.server) == sim.algo.bytes_down(sim.server) == num_bytes(sim.initial, HEAD)
+    assert sim.bytes_up() == sim.algo.bytes_down(sim.server) == num_bytes(sim.initial, HEAD)
 
 
 # --- FedBABU -----------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_fedbabu_trains_and_sends_only_the_body_and_fine_tunes_the_whole_model_f
         close(r.states[-1], t, PARAMS)
     close(sim.server.model, mean_of(trained, [3, 5, 8], BASE), BASE)
     close(sim.server.model, sim.initial, HEAD, rtol=0, atol=0)  # the head stays at its initialization, exactly
-    assert sim.algo.bytes_up(sim.server) == sim.algo.bytes_down(sim.server) == num_bytes(sim.initial, BASE)
+    assert sim.bytes_up() == sim.algo.bytes_down(sim.server) == num_bytes(sim.initial, BASE)
     assert sim.algo.personal_model(sim.server, sim.store, 0) is None and len(sim.store) == 0
 
     # before personalized evaluation: 2 full-batch epochs of the whole model from the global one, kept nowhere
@@ -261,7 +261,7 @@ def test_apfl_trains_the_mixture_learns_alpha_and_leaves_the_global_model_fedavg
             close(sim.algo.personal_model(sim.server, sim.store, c),
                   {k: alpha[c] * v[c][k] + (1 - alpha[c]) * w[k] for k in PARAMS})
     assert not torch.equal(alpha[0], torch.tensor(alpha0))
-    assert sim.algo.bytes_up(sim.server) == sim.algo.bytes_down(sim.server) == num_bytes(sim.initial, PARAMS)
+    assert sim.bytes_up() == sim.algo.bytes_down(sim.server) == num_bytes(sim.initial, PARAMS)
 
 
 def test_apfl_refuses_local_bn():

@@ -218,7 +218,7 @@ def test_fedproto_exchanges_only_prototypes_and_pulls_features_to_them():
         close(r.states[-1], sgd_step(sim.initial, x, y, lr), PARAMS)
         close(sim.store.get(r.client), r.states[-1])
         means[r.client] = class_means(r.states[-1], x, y)
-        assert sim.algo.bytes_up_of(sim.server, r) == len(means[r.client]) * (5 * 4 + 8)
+        assert sim.algo.bytes_up_of(sim.server, sim.sent[r.client]) == len(means[r.client]) * (5 * 4 + 8)
     for c in range(3):  # the plain mean over the clients that hold the class
         held = [m[c] for m in means.values() if c in m]
         assert bool(sim.server.extra["has"][c]) == bool(held)

@@ -11,7 +11,7 @@ from fedsim.core.hooks import ClientJob, ClientResult, ClientStore, ModelKeys, S
 from fedsim.core.state import model_state, weighted_mean
 from fedsim.engine.local import ClientData, LocalSpec, SequentialExecutor, batch_schedule, train_client
 from fedsim.engine.optim import OptimizerSpec, clip_by_global_norm
-from fedsim.engine.round import run_round
+from fedsim.engine.round import run_round, update_server
 
 
 def tiny_data(sizes=(3, 5, 8), dim=4, classes=3, seed=0):
@@ -76,7 +76,7 @@ def _round(algo_cls, model, data, cohort, lr=0.1, mu=0.0, momentum=0.0):
     spec = LocalSpec(OptimizerSpec("sgd", lr, momentum), batch_size=2, epochs=1, seed=0)
     jobs = [algo.client_job(server, store, c) for c in cohort]
     results = SequentialExecutor(model, data, spec).train(algo.phases(), jobs, 1, lr)
-    return algo, algo.aggregate(server, results), results
+    return algo, finish_round(algo, server, store, results), results
 
 
 def test_fedavg_aggregate_is_sample_weighted_mean_of_client_models():
@@ -169,7 +169,7 @@ def test_bn_local_keeps_bn_per_client_and_averages_the_rest():
     store = ClientStore(algo.personal_initial(initial))
     spec = LocalSpec(OptimizerSpec("sgd", 0.1), batch_size=2, epochs=1)
     round_result = run_round(algo, SequentialExecutor(model, data, spec), server, store, (0, 1), 1, 0.1)
-    new, results = round_result.server, round_result.sent
+    new, results = round_result.server, round_result.trained
     assert torch.equal(new.model["bn.running_mean"], initial["bn.running_mean"])  # not averaged
     for r in results:
         assert torch.equal(store.get(r.client)["bn.running_mean"], r.states[-1]["bn.running_mean"])
@@ -186,3 +186,8 @@ def test_client_result_reports_steps_and_samples():
     assert [r.num_samples for r in results] == [3, 5, 8]
     assert all(isinstance(r, ClientResult) and np.isfinite(r.loss) for r in results)
     assert isinstance(ServerState(model={}).extra, dict)
+
+
+def finish_round(algo, server, store, results):
+    """The server state after `results`: each client's message, the default channel, the server update."""
+    return update_server(algo, server, [algo.client_finish(server, store, r) for r in results], 1)[0]

@@ -20,7 +20,7 @@ FORBIDDEN = {
     "models": ("fedsim.algorithms", "fedsim.engine", "fedsim.experiment", "fedsim.commands", "fedsim.cli",
                "fedsim.data"),
 }
-# privacy and robust aggregation replace FedAvg.averaging and transform what clients send: core's types only
+# privacy and robust aggregation are the channel's reducers and stages (fedsim.core.channel): core's types only
 FORBIDDEN["privacy"] = FORBIDDEN["robust"] = FORBIDDEN["algorithms"] + ("fedsim.algorithms",)
 
 

@@ -1,6 +1,7 @@
 """Differential privacy (fedsim.privacy): clipping, noise, the accountant, the budget search, resume, bad input."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -11,19 +12,28 @@ from typer.testing import CliRunner
 import fedsim
 from fedsim.cli import app
 from fedsim.config import Config
-from fedsim.core.hooks import ClientResult, sample_weighted_mean
+from fedsim.core.channel import MODEL, Channel, Message, summed
 from fedsim.metrics import TIME_COLUMNS
 from fedsim.privacy.accountant import Accountant, Accounting, dp_accounting, noise_for_budget
-from fedsim.privacy.aggregation import DPAveraging, LocalNoise, clip_rows
+from fedsim.privacy.aggregation import DPReducer, LocalNoise, clip_rows
 
 dp = dp_accounting()
 runner = CliRunner()
+SENDS = {MODEL: summed("the model", centered=True)}
 
 
 def sent_of(global_model, updates, round=1):
-    """ClientResults whose final states are the global model plus each update (all equal sample counts)."""
-    return [ClientResult(client=i, num_samples=10, states=[{k: global_model[k] + u[k] for k in global_model}],
-                         steps=[1], loss=0.0, round=round) for i, u in enumerate(updates)]
+    """Messages whose model is the global model plus each update (all equal sample counts)."""
+    return [Message(i, 10, {MODEL: {k: global_model[k] + u[k] for k in global_model}}, 0.0, round)
+            for i, u in enumerate(updates)]
+
+
+def server_of(model):
+    return SimpleNamespace(model=model)
+
+
+def reduce(reducer, model, sent, stages=(), round=1, sends=SENDS):
+    return Channel(stages, reducer).reduce(sends, sent, server_of(model), round).means[MODEL]
 
 
 def model_and_updates(clients=6, size=1000, scale=3.0, seed=0):
@@ -46,23 +56,35 @@ def test_every_clipped_update_has_norm_at_most_c():
 
 def test_local_noise_clips_each_client_before_it_sends():
     model, updates = model_and_updates()
-    noised = LocalNoise(clip=0.5, noise=0.0, seed=0, keys=["w", "b", "steps"])(
-        sent_of(model, updates), type("Server", (), {"model": model}), 1)
-    for r in noised:
-        norm = torch.cat([(r.states[-1][k] - model[k]).reshape(-1) for k in ("w", "b")]).norm()
+    noised = LocalNoise(clip=0.5, noise=0.0, key=0)(SENDS, sent_of(model, updates), server_of(model), 1)
+    for m in noised:
+        norm = torch.cat([(m.fields[MODEL][k] - model[k]).reshape(-1) for k in ("w", "b")]).norm()
         assert norm <= 0.5 * (1 + 1e-6)
+
+
+def test_every_summed_field_is_clipped_together():
+    """A second summed field (SCAFFOLD's Δc_i) is inside the clip: the joint vector's norm is at most C."""
+    model, updates = model_and_updates()
+    sends = {**SENDS, "dc": summed("a control variate's change")}
+    sent = [Message(m.client, 10, {**m.fields, "dc": {"w": 100 * torch.ones(3)}}) for m in sent_of(model, updates)]
+    noised = LocalNoise(clip=0.5, noise=0.0, key=0)(sends, sent, server_of(model), 1)
+    for m in noised:
+        joint = torch.cat([(m.fields[MODEL][k] - model[k]).reshape(-1) for k in ("w", "b")] + [m.fields["dc"]["w"]])
+        assert joint.norm() <= 0.5 * (1 + 1e-6)
+    means = Channel((), DPReducer("central", 0.5, 0.0, len(sent), 0)).reduce(sends, sent, server_of(model), 1).means
+    assert means["dc"]["w"].norm() <= 0.5 * (1 + 1e-6)  # each client's Δc was clipped before the mean
 
 
 def test_no_noise_and_a_large_clip_is_fedavg_with_the_fixed_denominator():
     model, updates = model_and_updates()
     sent = sent_of(model, updates)
-    averaged = DPAveraging("central", clip=1e9, noise=0.0, cohort=len(sent), seed=0)(model, sent, ["w", "b", "steps"])
-    fedavg = sample_weighted_mean(model, sent, ["w", "b"])  # equal sample counts: the plain mean
+    averaged = reduce(DPReducer("central", clip=1e9, noise=0.0, cohort=len(sent), key=0), model, sent)
+    fedavg = reduce(None, model, sent)  # equal sample counts: the plain mean
     for k in ("w", "b"):
         torch.testing.assert_close(averaged[k], fedavg[k], rtol=1e-5, atol=1e-5)
     assert averaged["steps"] == model["steps"]  # an integer buffer keeps the global value
     # a fixed denominator larger than the clients who sent (dropouts) shrinks the step, it is not renormalized
-    half = DPAveraging("central", clip=1e9, noise=0.0, cohort=2 * len(sent), seed=0)(model, sent, ["w"])
+    half = reduce(DPReducer("central", clip=1e9, noise=0.0, cohort=2 * len(sent), key=0), model, sent)
     torch.testing.assert_close(half["w"] - model["w"], (fedavg["w"] - model["w"]) / 2, rtol=1e-5, atol=1e-5)
 
 
@@ -71,27 +93,29 @@ def test_noise_std_is_z_c_over_the_denominator(mode):
     size, clients, clip, z = 400_000, 5, 0.3, 1.7
     model = {"w": torch.zeros(size)}
     sent = sent_of(model, [{"w": torch.zeros(size)} for _ in range(clients)], round=3)
-    averaging = DPAveraging(mode, clip=clip, noise=z, cohort=clients, seed=1)
-    if mode == "local":
-        sent = LocalNoise(clip, z, seed=1, keys=["w"])(sent, type("Server", (), {"model": model}), 3)
-    std = float(averaging(model, sent, ["w"])["w"].std())
+    stages = (LocalNoise(clip, z, key=1),) if mode == "local" else ()
+    reducer = DPReducer(mode, clip=clip, noise=z, cohort=clients, key=1)
+    out = reduce(reducer, model, sent, stages, round=3)["w"]
     expected = z * clip / clients * (math.sqrt(clients) if mode == "local" else 1)  # local: m draws summed
-    assert abs(std / expected - 1) < 0.02
-    again = DPAveraging(mode, clip=clip, noise=z, cohort=clients, seed=1)(model, sent, ["w"])["w"]
-    assert torch.equal(again, averaging(model, sent, ["w"])["w"])  # keyed by (seed, round): reproducible
+    assert abs(float(out.std()) / expected - 1) < 0.02
+    again = reduce(DPReducer(mode, clip=clip, noise=z, cohort=clients, key=1), model, sent, stages, round=3)["w"]
+    assert torch.equal(again, out)  # keyed by (key, round): reproducible
+    other = reduce(DPReducer(mode, clip=clip, noise=z, cohort=clients, key=2), model, sent,
+                   (LocalNoise(clip, z, key=2),) if mode == "local" else (), round=3)["w"]
+    assert float((other - out).norm()) > 0.5 * float(out.norm())  # another run's key: independent noise
 
 
 def test_adaptive_clip_moves_toward_the_quantile():
     model, updates = model_and_updates(clients=40, scale=0.01)  # norms around 0.3-10: above C0 = 0.1
-    averaging = DPAveraging("central", clip=None, noise=0.5, cohort=40, seed=0, quantile=0.5)
+    reducer = DPReducer("central", clip=None, noise=0.5, cohort=40, key=0, quantile=0.5)
     clips = []
     for r in range(1, 6):
-        averaging(model, sent_of(model, updates, round=r), ["w", "b"])
-        clips.append(averaging.used_clip)
+        reduce(reducer, model, sent_of(model, updates, round=r), round=r)
+        clips.append(reducer.used_clip)
     assert clips[0] == 0.1 and all(b > a for a, b in zip(clips, clips[1:], strict=False))
     # the paper's split: z_update^-2 + (2 sigma_b)^-2 = z^-2, sigma_b = m/20
-    assert averaging.count_std == 2.0
-    assert math.isclose(averaging.update_noise**-2 + (2 * averaging.count_std) ** -2, 0.5**-2)
+    assert reducer.count_std == 2.0
+    assert math.isclose(reducer.update_noise**-2 + (2 * reducer.count_std) ** -2, 0.5**-2)
 
 
 def test_epsilon_equals_dp_accounting_computed_directly():
@@ -126,8 +150,8 @@ def test_budget_in_noise_out_then_training_spends_at_most_the_budget(tmp_path):
     assert df["epsilon"].is_monotonic_increasing
     final = df["epsilon"].iloc[-1]
     assert 0.99 * 3.0 <= final <= 3.0
-    z = noise_for_budget(3.0, 4, "central", 8, 4, 1 / 8)  # delta defaults to 1/N
-    assert final == pytest.approx(Accountant(Accounting("central", 8, 4, z, 1 / 8)).epsilon(4), rel=1e-6)
+    z = noise_for_budget(3.0, 4, "central", 8, 4, 1e-5)  # delta defaults to min(N^-1.1, 1e-5)
+    assert final == pytest.approx(Accountant(Accounting("central", 8, 4, z, 1e-5)).epsilon(4), rel=1e-6)
     record = pd.read_json(tmp_path / "digits-fedavg-mlp-seed0.json", typ="series")
     assert record["privacy"]["noise_multiplier"] == pytest.approx(z)
     assert "SampledWithoutReplacementDpEvent" in record["privacy"]["event_per_round"]
@@ -159,8 +183,10 @@ def test_a_resumed_dp_run_equals_the_uninterrupted_one(tmp_path, dp_options):
     (["--dp-noise", "1", "--dp-epsilon", "1", "--dp-clip", "1"], "not both"),
     (["--dp-noise", "1", "--dp-clip", "adaptive", "--dp-mode", "local"], "--dp-mode central"),
     (["--dp-noise", "1", "--dp-clip", "1", "--dp-mode", "shuffle"], "unknown --dp-mode"),
-    (["--dp-noise", "1", "--dp-clip", "1", "--algo", "fednova"], "cannot be protected"),
-    (["--dp-noise", "1", "--dp-clip", "1", "--algo", "scaffold"], "cannot protect scaffold"),
+    (["--dp-noise", "1", "--dp-clip", "1", "--algo", "fednova"], "differential privacy cannot take fednova"),
+    (["--dp-noise", "1", "--dp-clip", "1", "--algo", "fedas"], "'fisher'"),
+    (["--dp-noise", "1", "--dp-clip", "1", "--aggregate", "median"], "use one of them"),
+    (["--dp-noise-seed", "3"], "need --dp-noise Z or --dp-epsilon E"),
     (["--dp-noise", "3", "--dp-clip", "adaptive", "--fraction", "0.5"], "--dp-clip adaptive with 5 clients"),
 ])
 def test_bad_dp_input_is_one_line_exit_2_and_nothing_written(tmp_path, args, needle):

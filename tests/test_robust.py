@@ -11,96 +11,128 @@ from typer.testing import CliRunner
 
 import fedsim
 from fedsim.cli import app
-from fedsim.core.hooks import ClientResult, ServerState, sample_weighted_mean
+from fedsim.core.channel import MODEL, Channel, Mean, Message, stack_updates, summed
+from fedsim.core.hooks import ServerState
 from fedsim.metrics import TIME_COLUMNS
-from fedsim.robust.aggregators import krum, krum_scores, median, trimmed_mean
-from fedsim.robust.attacks import flip_labels, malicious_clients, model_attack
+from fedsim.robust.aggregators import Krum, TrimmedMean, krum_scores
+from fedsim.robust.attacks import ModelAttack, flip_labels, malicious_clients
 
 runner = CliRunner()
-KEYS = ["w", "b", "count"]
+SENDS = {MODEL: summed("the model", centered=True)}
+GLOBAL = {"w": torch.tensor([0.0]), "b": torch.tensor([0.0]), "count": torch.tensor(0)}
 
 
 def sent_by(values, samples=None, b=None):
-    """One ClientResult per value: a scalar parameter w, a parameter b (default 0, the same for all) and an
-    integer buffer `count` (the value rounded)."""
+    """One Message per value: a scalar parameter w, a parameter b (default 0, the same for all) and an integer
+    buffer `count` (the value rounded)."""
     samples = samples or [1] * len(values)
     b = b or [0.0] * len(values)
-    return [ClientResult(client=i, num_samples=n, states=[{"w": torch.tensor([float(v)]), "b": torch.tensor([bi]),
-                                                         "count": torch.tensor(round(v))}], steps=[1], loss=0.0)
+    return [Message(i, n, {MODEL: {"w": torch.tensor([float(v)]), "b": torch.tensor([bi]),
+                                   "count": torch.tensor(round(v))}})
             for i, (v, n, bi) in enumerate(zip(values, samples, b, strict=True))]
+
+
+def reduced(reducer, sent, server=None):
+    """The model the channel with `reducer` gives the server."""
+    return Channel((), reducer).reduce(SENDS, sent, server or ServerState(GLOBAL), 1).means[MODEL]
+
+
+def median():
+    return TrimmedMean(None)
 
 
 def value(state, key="w"):
     return state[key].item() if state[key].numel() == 1 else state[key].tolist()
 
 
-GLOBAL = {"w": torch.tensor([0.0]), "b": torch.tensor([0.0]), "count": torch.tensor(0)}
-
-
-# --- the aggregators, no attackers: only what their definitions say -----------------------------------------------
+# --- the reducers, no attackers: only what their definitions say --------------------------------------------------
 def test_median_is_the_middle_value_per_coordinate_and_the_mean_of_the_two_middle_ones_for_an_even_count():
-    assert value(median(GLOBAL, sent_by([1, 5, 2]), KEYS)) == 2
-    out = median(GLOBAL, sent_by([1, 5, 2, 10], b=[4.0, -1.0, 0.0, 7.0]), KEYS)
+    assert value(reduced(median(), sent_by([1, 5, 2]))) == 2
+    out = reduced(median(), sent_by([1, 5, 2, 10], b=[4.0, -1.0, 0.0, 7.0]))
     assert value(out) == 3.5 and value(out, "b") == 2.0  # each coordinate apart: b's middle values are 0 and 4
     assert out["count"].dtype == torch.int64 and value(out, "count") == 4  # (2 + 5) / 2 = 3.5, rounded to even
 
 
 def test_trimmed_mean_drops_the_extremes_of_each_coordinate_and_counts_every_client_once():
     values = [0, 1, 2, 3, 100]
-    assert value(trimmed_mean(0.2)(GLOBAL, sent_by(values), KEYS)) == pytest.approx(2.0)  # (1 + 2 + 3) / 3
-    assert value(trimmed_mean(0.19)(GLOBAL, sent_by(values), KEYS)) == pytest.approx(21.2)  # floor(0.95) = 0
+    assert value(reduced(TrimmedMean(0.2), sent_by(values))) == pytest.approx(2.0)  # (1 + 2 + 3) / 3
+    assert value(reduced(TrimmedMean(0.19), sent_by(values))) == pytest.approx(21.2)  # floor(0.95) = 0
     # beta = 0 is the plain mean: FedAvg's sample-weighted mean where the sizes are equal, not where they differ
     equal, unequal = sent_by([1, 2, 6]), sent_by([1, 2, 6], samples=[1, 1, 2])
-    assert value(trimmed_mean(0.0)(GLOBAL, equal, KEYS)) == pytest.approx(value(sample_weighted_mean(GLOBAL, equal,
-                                                                                                      KEYS)))
-    assert value(trimmed_mean(0.0)(GLOBAL, unequal, KEYS)) == pytest.approx(3.0)
-    assert value(sample_weighted_mean(GLOBAL, unequal, KEYS)) == pytest.approx(3.75)
+    assert value(reduced(TrimmedMean(0.0), equal)) == pytest.approx(value(reduced(Mean(), equal)))
+    assert value(reduced(TrimmedMean(0.0), unequal)) == pytest.approx(3.0)
+    assert value(reduced(Mean(), unequal)) == pytest.approx(3.75)
+
+
+def rows_of(sent):
+    return stack_updates(SENDS, sent, GLOBAL, centered=False)[0]
 
 
 def test_krum_picks_the_model_closest_to_its_n_minus_f_minus_2_neighbours():
     # f = 1 of n = 5: 2 neighbours. Squared distances give the scores 0: 1+4, 1: 1+1, 2: 1+4, 10: 1+64, 11: 1+81
     sent = sent_by([0, 1, 2, 10, 11])
-    models = [r.states[-1] for r in sent]
-    assert krum_scores(models, KEYS, 1).tolist() == [5, 2, 5, 65, 82]
-    assert value(krum(1, 1)(GLOBAL, sent, KEYS)) == 1
-    assert value(krum(None, 1)(GLOBAL, sent, KEYS)) == 1  # default f = (5 - 3) // 2 = 1
-    assert value(krum(1, 2)(GLOBAL, sent, KEYS)) == 0.5  # multi-Krum: 1 and 0 (the tie 0/2 goes to the lower id)
-    assert value(krum(1, None)(GLOBAL, sent, KEYS)) == pytest.approx(13 / 4)  # m = n - f = 4: 0, 1, 2, 10
+    assert krum_scores(rows_of(sent), 1).tolist() == [5, 2, 5, 65, 82]
+    assert value(reduced(Krum(1, 1), sent)) == 1
+    assert value(reduced(Krum(None, 1), sent)) == 1  # default f = (5 - 3) // 2 = 1
+    assert value(reduced(Krum(1, 2), sent)) == 0.5  # multi-Krum: 1 and 0 (the tie 0/2 goes to the lower id)
+    assert value(reduced(Krum(1, None), sent)) == pytest.approx(13 / 4)  # m = n - f = 4: 0, 1, 2, 10
     # the distances sum over every parameter: client 1's b 30 away adds 900 to its pairs; then 10 (neighbours 11
     # and 2: 1 + 64) beats 2 (0 and 10: 4 + 64) and 0 (2 and 10: 4 + 100)
-    far_b = [r.states[-1] for r in sent_by([0, 1, 2, 10, 11], b=[0.0, 30.0, 0.0, 0.0, 0.0])]
-    assert krum_scores(far_b, KEYS, 1).tolist() == [104, 1802, 68, 65, 82]
+    far_b = sent_by([0, 1, 2, 10, 11], b=[0.0, 30.0, 0.0, 0.0, 0.0])
+    assert krum_scores(rows_of(far_b), 1).tolist() == [104, 1802, 68, 65, 82]
 
 
-def test_every_aggregator_returns_the_model_all_clients_agree_on():
+def test_krum_caps_f_to_the_round_s_senders_and_keeps_the_model_below_three():
+    """Dropout can leave fewer senders than the cohort Krum's f was set for: f is capped per round to
+    (n − 3) // 2 and recorded; with fewer than 3 senders no outlier can be told apart and the model stays."""
+    channel = Channel((), Krum(2, None))  # set for a cohort of at least 7
+    out = channel.reduce(SENDS, sent_by([0, 1, 2, 10]), ServerState(GLOBAL), 1)  # 4 senders: f = 0
+    assert out.info == {"krum_f": 0, "krum_m": 4}
+    three = channel.reduce(SENDS, sent_by([0, 1, 50]), ServerState(GLOBAL), 1)
+    assert three.info == {"krum_f": 0, "krum_m": 3}
+    two = channel.reduce(SENDS, sent_by([100, 1]), ServerState(GLOBAL), 1)  # the outlier is not picked
+    assert two.info == {"krum_f": None, "krum_m": 0} and value(two.means[MODEL]) == value(GLOBAL)
+    krum = Channel((), Krum(None, 1)).reduce(SENDS, sent_by([0, 1, 2, 10, 11, 12, 13]), ServerState(GLOBAL), 1)
+    assert krum.info == {"krum_f": 2, "krum_m": 1}
+    capped_m = Channel((), Krum(1, 9)).reduce(SENDS, sent_by([0, 1, 2, 10, 11]), ServerState(GLOBAL), 1)
+    assert capped_m.info == {"krum_f": 1, "krum_m": 4}  # multi-Krum's m at most n - f
+
+
+def test_every_reducer_returns_the_model_all_clients_agree_on():
     same = sent_by([3, 3, 3, 3, 3], samples=[1, 2, 3, 4, 5])
-    for aggregate in (median, trimmed_mean(0.2), krum(1, 1), krum(None, None), sample_weighted_mean):
-        out = aggregate(GLOBAL, same, KEYS)
+    for reducer in (median(), TrimmedMean(0.2), Krum(1, 1), Krum(None, None), Mean()):
+        out = reduced(reducer, same)
         assert value(out) == 3 and value(out, "count") == 3 and out["count"].dtype == torch.int64
 
 
 # --- the attacks --------------------------------------------------------------------------------------------------
-def test_model_attacks_change_only_the_malicious_clients_shared_parameters():
+def test_model_attacks_change_only_the_malicious_clients_floating_values_but_buffers():
     server = ServerState(model={"w": torch.tensor([1.0]), "b": torch.tensor([1.0]), "count": torch.tensor(0)})
     sent = sent_by([1.5, 1.5, 1.5])
     expected = {"sign-flip": 1 - 4 * 0.5, "scale": 1 + 4 * 0.5}
     for attack, w in expected.items():
-        out = model_attack(attack, None, [1], seed=0, keys=["w"])(sent, server, 3)
-        assert [value(r.states[-1]) for r in out] == [1.5, w, 1.5]
-        assert out[0] is sent[0] and value(out[1].states[-1], "b") == 0 and value(out[1].states[-1], "count") == 2
-    out = model_attack("sign-flip", 2.0, [1], seed=0, keys=["w"])(sent, server, 3)
-    assert value(out[1].states[-1]) == 0.0
+        out = ModelAttack(attack, None, [1], seed=0, buffers=["b"])(SENDS, sent, server, 3)
+        assert [value(m.fields[MODEL]) for m in out] == [1.5, w, 1.5]
+        assert out[0] is sent[0] and value(out[1].fields[MODEL], "b") == 0
+        assert value(out[1].fields[MODEL], "count") == 2
+    out = ModelAttack("sign-flip", 2.0, [1], seed=0, buffers=["b"])(SENDS, sent, server, 3)
+    assert value(out[1].fields[MODEL]) == 0.0
+    # another summed field (SCAFFOLD's Δc_i) is the client's value, not an update: flipped as it is
+    sends = {**SENDS, "dc": summed("a control variate's change")}
+    with_dc = [Message(m.client, 1, {**m.fields, "dc": {"w": torch.tensor([0.5])}}) for m in sent]
+    out = ModelAttack("sign-flip", None, [1], seed=0, buffers=["b"])(sends, with_dc, server, 3)
+    assert value(out[1].fields["dc"]) == -2.0 and value(out[0].fields["dc"]) == 0.5
 
 
 def test_gaussian_noise_is_keyed_by_seed_round_and_client():
     server = ServerState(model={"w": torch.zeros(1000), "b": torch.zeros(1), "count": torch.tensor(0)})
-    sent = [ClientResult(c, 1, [{"w": torch.ones(1000), "b": torch.zeros(1), "count": torch.tensor(0)}], [1], 0.0)
+    sent = [Message(c, 1, {MODEL: {"w": torch.ones(1000), "b": torch.zeros(1), "count": torch.tensor(0)}})
             for c in range(3)]
 
     def noise(seed, round, scale=None):
-        out = model_attack("gaussian", scale, [1, 2], seed=seed, keys=["w"])(sent, server, round)
-        assert torch.equal(out[0].states[-1]["w"], torch.ones(1000))
-        return out[1].states[-1]["w"], out[2].states[-1]["w"]
+        out = ModelAttack("gaussian", scale, [1, 2], seed=seed, buffers=["b"])(SENDS, sent, server, round)
+        assert torch.equal(out[0].fields[MODEL]["w"], torch.ones(1000))
+        return out[1].fields[MODEL]["w"], out[2].fields[MODEL]["w"]
 
     a1, a2 = noise(0, 1)
     assert torch.equal(a1, noise(0, 1)[0]) and not torch.equal(a1, a2)
@@ -186,7 +218,8 @@ BAD = [
     (["--aggregate", "krum", "--krum-f", "4"], "at least 11 clients per round for --krum-f 4"),
     (["--aggregate", "krum", "--fraction", "0.2"], "at least 3 clients per round"),
     (["--aggregate", "multi-krum", "--krum-m", "11"], "--krum-m 11 is more than the 10 clients per round"),
-    (["--aggregate", "median", "--algo", "fednova"], "fednova does not take"),
+    (["--aggregate", "median", "--algo", "fednova"], "--aggregate median cannot take fednova"),
+    (["--aggregate", "krum", "--algo", "fedas"], "'fisher'"),
 ]
 
 

@@ -117,3 +117,23 @@ def algorithms_help() -> str:
     shared = [a for a in ALGORITHMS if a not in personalized]
     return (" | ".join(entry(a) for a in shared) + " | personalized, on a base/head split (--head, --freeze-base): "
             + " | ".join(entry(a) for a in personalized) + ".")
+
+
+def message_table() -> str:
+    """A markdown table of what each algorithm's clients send (its `sends` declarations) and so which channel
+    stages take it: differential privacy and robust reducers need every field summed (fedsim.core.channel). The
+    docs hold this table as generated (scripts/channel_table.py prints it; a test compares)."""
+    from fedsim.core.channel import PER_CLIENT, SAMPLES, UNIFORM
+
+    def summed(name, spec) -> str:
+        weight = {SAMPLES: "by samples", UNIFORM: "uniform"}.get(spec.weight, f"by `{spec.weight}`")
+        return f"`{name}` ({weight}{', an update' if spec.centered else ''})"
+
+    lines = ["| `--algo` | summed fields (mean weighting) | per-client fields | DP, robust `--aggregate` |",
+             "|---|---|---|---|"]
+    for algo in ALGORITHMS:
+        sends = algorithm_class(algo).sends
+        per = [f"`{name}`" for name, spec in sends.items() if spec.kind == PER_CLIENT]
+        total = ", ".join(summed(name, spec) for name, spec in sends.items() if spec.kind != PER_CLIENT)
+        lines.append(f"| {algo} | {total} | {', '.join(per) or '–'} | {'refused' if per else 'yes'} |")
+    return "\n".join(lines)

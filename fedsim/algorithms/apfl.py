@@ -64,7 +64,7 @@ class APFL(FedAvg):
         alpha = entry["alpha"] - result.lr * self.alpha_gradient(entry["v"], entry["alpha"], server.model,
                                                                  result.client)
         store.put(result.client, {"v": result.states[0], "alpha": alpha.clamp(0.0, 1.0)})
-        return result
+        return self.message(result)
 
     def personal_model(self, server, store, client):
         entry = store.get(client)

@@ -53,7 +53,7 @@ class Ditto(FedAvg):
 
     def client_finish(self, server, store, result):
         store.put(result.client, result.states[0])
-        return result
+        return self.message(result)
 
     def personal_model(self, server, store, client):
         return store.get(client)

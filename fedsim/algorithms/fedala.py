@@ -56,11 +56,6 @@ class FedALA(FedAvg):
                               "parameter tensors")
         self.top = keys.params[-self.params.ala_top :]
 
-    def init_server(self, initial):
-        server = super().init_server(initial)
-        server.extra["round"] = 0  # the last round aggregated: keys the ALA slices' offsets
-        return server
-
     def personal_initial(self, initial):
         import torch
 
@@ -74,19 +69,14 @@ class FedALA(FedAvg):
         start = {**clone(global_model), **clone(entry["model"], self.personal)}
         first = self.keys.params[0]
         if not torch.equal(entry["model"][first], global_model[first]):  # the code's test: not in its first round
-            weights, learned = self.learn_weights(entry, global_model, client, server.extra["round"] + 1)
+            weights, learned = self.learn_weights(entry, global_model, client, server.round + 1)
             store.put(client, {**entry, "weights": weights, "learned": learned})
             start.update(merged(entry["model"], global_model, weights))
         return ClientJob(client, start, {})
 
     def client_finish(self, server, store, result):
         store.put(result.client, {**store.get(result.client), "model": result.states[-1]})
-        return result
-
-    def aggregate(self, server, results):
-        server = super().aggregate(server, results)
-        server.extra = {**server.extra, "round": results[0].round}
-        return server
+        return self.message(result)
 
     def personal_model(self, server, store, client):
         return store.get(client)["model"]

@@ -29,12 +29,13 @@ shared global model while aligning clients one after another; PFLlib (and fedsim
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fedsim.algorithms.fedper import FedPer
+from fedsim.core.channel import MODEL, per_client, summed
 from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
-from fedsim.core.state import clone, weighted_mean
+from fedsim.core.state import clone
 
 CHUNK = 4096  # samples per forward pass when computing prototypes
 
@@ -65,11 +66,12 @@ class FedAS(FedPer):
     name = "fedas"
     phases_read = frozenset({"lr"})  # its local loss scales by --lr
     vmap_ok = False  # prototypes and the Fisher trace are per-client Python work
-    plain_average = False  # clients weighted by their Fisher trace
     Params = FedASParams
+    sends = {MODEL: summed("the trained model's shared part (the base)", weight="fisher", centered=True),
+             "fisher": per_client("the trace of the client's Fisher information, its weight in the mean")}
 
-    def __init__(self, config, keys, num_clients: int = 1):
-        super().__init__(config, keys, num_clients)
+    def __init__(self, config, keys, population: int = 1):
+        super().__init__(config, keys, population)
         self.head_modules = sorted({k.rpartition(".")[0] for k in self.head_params})
 
     def personal_initial(self, initial):
@@ -86,14 +88,7 @@ class FedAS(FedPer):
 
     def client_finish(self, server, store, result):
         store.put(result.client, result.states[-1])
-        return replace(result, extra={**result.extra, "fisher": self.fisher_trace(result.states[-1], result.client)})
-
-    def aggregate(self, server, results):
-        weights = [r.extra["fisher"] for r in results]
-        if not sum(weights) > 0:
-            weights = [r.num_samples for r in results]
-        mean = weighted_mean([r.states[-1] for r in results], weights, self.shared)
-        return replace(server, model={**server.model, **mean})
+        return self.message(result, fisher=self.fisher_trace(result.states[-1], result.client))
 
     # --- the client-side computations (torch loads here: the algorithm's declarations stay light) ---------
     def prototypes(self, state, client: int):

@@ -7,9 +7,10 @@ The engine owns the round loop (`fedsim.engine.round.run_round`) and the local t
     phases()          the stretches of local training and their loss/gradient changes (FedProx, SCAFFOLD,
                       FedRep's head-then-base, Ditto's personal model)
     client_context()  per-client tensors the phases read (the global weights, control variates)
-    client_finish()   what a client keeps (its personal part, SCAFFOLD's c_i) and what it sends the server
-                      (the ClientResult, with `extra` such as SCAFFOLD's dc_i)
-    aggregate()       the server update from what the clients sent (weighted mean, FedNova, server optimizers)
+    sends             the fields of the message a client sends, each summed or per-client (fedsim.core.channel)
+    client_finish()   what a client keeps (its personal part, SCAFFOLD's c_i) and the Message it sends
+    server_update()   the server's new state from the channel's Aggregate (the fields' means: FedAvg's model;
+                      FedNova's normalization, server optimizers), never from a single client's message
     personal_model()  the model a client would use itself, for personalized accuracy
 """
 
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from fedsim.core.hooks import ClientJob, ClientResult, ClientStore, ModelKeys, Phase, ServerState, sample_weighted_mean
+from fedsim.core.channel import MODEL, Aggregate, Field, Message, summed
+from fedsim.core.hooks import ClientJob, ClientResult, ClientStore, ModelKeys, Phase, ServerState
 from fedsim.core.params import Params
 from fedsim.core.state import State, clone, num_bytes
 from fedsim.errors import FedsimError
@@ -39,8 +41,9 @@ class FedAvg:
     needs_head = False  # personalized algorithms set this: the engine then finds the model's head
     personalized = False  # keeps a personal model part per client (and honours --freeze-base)
     vmap_ok = True  # False: the algorithm needs per-client Python work the vmap executor cannot batch
-    plain_average = True  # aggregate() averages the clients' models through self.average, which DP or robust
-    #                      aggregation may replace (self.averaging); False: the algorithm weighs them its own way
+    # what a client sends: the channel's stages and reducer accept or refuse the algorithm by these declarations
+    sends: dict[str, Field] = {MODEL: summed("the trained model's shared part (parameters and BN statistics)",
+                                             centered=True)}
     phases_read: frozenset[str] = frozenset()  # general options the phases read (a loss's lr): they cannot stack
     straggler_policy = "drop"  # --stragglers when --straggler-policy is not given: drop them (FedProx's FedAvg)
     Params = NoParams  # the algorithm's own options; a subclass declares its own (fedsim.core.params)
@@ -60,18 +63,18 @@ class FedAvg:
         if config.bn == "local" and cls.no_bn_local:
             raise FedsimError(f"{cls.name} {cls.no_bn_local}; drop --bn local")
 
-    def __init__(self, config, keys: ModelKeys, num_clients: int = 1):
+    def __init__(self, config, keys: ModelKeys, population: int = 1):
         self.check_config(config)
         self.config = config
         self.params = self.Params.from_config(config)
         self.keys = keys
-        self.num_clients = num_clients
+        self.population = population  # N: the clients with data, any of which a round may sample
         self.model = self.data = None
         personal = self.personal_keys()
         self.personal = [k for k in keys.all if k in personal]
         self.shared = [k for k in keys.all if k not in personal]
         self.shared_params = [k for k in keys.params if k not in personal]
-        self.averaging = sample_weighted_mean  # f(global model, sent, keys) -> the average over keys
+        self.sent = self.shared  # the keys of the model a client sends and receives
 
     def attach(self, model, data) -> None:
         """The engine hands over the template model and the clients' data (for FedAS-like hooks)."""
@@ -101,18 +104,21 @@ class FedAvg:
         start.update(clone(store.get(client), self.personal))
         return ClientJob(client, start, self.client_context(server, store, client))
 
-    def client_finish(self, server: ServerState, store: ClientStore, result: ClientResult) -> ClientResult:
-        """Keep what the client keeps (its personal part); return what it sends the server's `aggregate`."""
+    def client_finish(self, server: ServerState, store: ClientStore, result: ClientResult) -> Message:
+        """Keep what the client keeps (its personal part); return the message it sends."""
         if self.personal:
             store.put(result.client, {k: result.states[-1][k] for k in self.personal})
-        return result
+        return self.message(result)
 
-    def average(self, server: ServerState, sent: list[ClientResult]) -> State:
-        """The clients' models averaged over the shared keys, by `self.averaging`."""
-        return self.averaging(server.model, sent, self.shared)
+    def message(self, result: ClientResult, model: State | None = None, **fields) -> Message:
+        """The Message of `result`: the model field (`model`, default the last phase's state) over the sent keys,
+        and `fields`."""
+        model = result.states[-1] if model is None else model
+        return Message(result.client, result.num_samples, {MODEL: {k: model[k] for k in self.sent}, **fields},
+                       result.loss, result.round)
 
-    def aggregate(self, server: ServerState, results: list[ClientResult]) -> ServerState:
-        return replace(server, model={**server.model, **self.average(server, results)})
+    def server_update(self, server: ServerState, aggregate: Aggregate) -> ServerState:
+        return replace(server, model={**server.model, **aggregate.means[MODEL]})
 
     # --- evaluation and accounting -----------------------------------------------------------------
     def personal_model(self, server: ServerState, store: ClientStore, client: int) -> State | None:
@@ -132,13 +138,22 @@ class FedAvg:
 
     def bytes_down(self, server: ServerState) -> int:
         """Bytes the server sends one client per round."""
-        return num_bytes(server.model, self.shared)
+        return num_bytes(server.model, self.sent)
 
-    def bytes_up(self, server: ServerState) -> int:
-        """Bytes one client sends the server per round."""
-        return num_bytes(server.model, self.shared)
+    def bytes_up_of(self, server: ServerState, message: Message) -> int:
+        """Bytes `message` takes: every tensor of its fields, a per-client number as 8 bytes (FedProto: only the
+        prototypes of the classes the client holds)."""
+        return message_bytes(message)
 
-    def bytes_up_of(self, server: ServerState, result: ClientResult) -> int:
-        """Bytes client `result.client` sent this round (FedProto: as many prototypes as it holds classes)."""
-        return self.bytes_up(server)
+
+def message_bytes(message: Message) -> int:
+    total = 0
+    for value in message.fields.values():
+        if isinstance(value, dict):
+            total += num_bytes(value, value)
+        elif hasattr(value, "element_size"):
+            total += value.numel() * value.element_size()
+        else:
+            total += 8
+    return total
 

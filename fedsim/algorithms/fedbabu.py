@@ -23,7 +23,6 @@ from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedper import head_params
 from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
-from fedsim.core.state import num_bytes
 
 
 @dataclass(frozen=True)
@@ -42,20 +41,13 @@ class FedBABU(FedAvg):
     def __init__(self, config, keys, num_clients: int = 1):
         super().__init__(config, keys, num_clients)
         head = set(keys.head or ()) | head_params(keys, self.name)
-        self.body = [k for k in self.shared if k not in head]  # what is trained, sent and averaged
+        # what is trained, sent and averaged: the head is the same everywhere, averaging it would only add rounding
+        self.sent = [k for k in self.shared if k not in head]
         self.trainable = frozenset(k for k in keys.params if k not in head)  # BN kept by --bn local trains too
 
     def phases(self):
         return [Phase(trainable=self.trainable)]
 
-    def average(self, server, sent):  # the head is the same everywhere: averaging it would only add rounding
-        return self.averaging(server.model, sent, self.body)
 
     def personalization_phases(self):
         return [Phase(epochs=self.params.finetune_epochs)] if self.params.finetune_epochs else []
-
-    def bytes_down(self, server):
-        return num_bytes(server.model, self.body)
-
-    def bytes_up(self, server):
-        return num_bytes(server.model, self.body)

@@ -9,7 +9,10 @@ model toward their own objective; the mean is then rescaled by the effective num
     d_i = (w_global − w_i)/a_i,   τ_eff = Σ p_i a_i,   w ← w_global − τ_eff · Σ p_i d_i
 
 with τ_i the local steps client i took and p_i its share of the cohort's samples, as NIID-Bench's
-`train_net_fednova`/aggregation computes it. The momentum a_i is the sum of the coefficients torch's SGD
+`train_net_fednova`/aggregation computes it. Each client sends d_i (summed, sample-weighted) and its a_i
+(per-client: τ_eff needs each client's own), so the server never sees a client's model; the a_i make FedNova
+incompatible with differential privacy and robust aggregation, which must see every value a client sends.
+The momentum a_i is the sum of the coefficients torch's SGD
 momentum buffer puts on each gradient. Weight decay and Nesterov are not in a_i (as in NIID-Bench).
 Buffers (BN running statistics) are sample-weighted means, as FedAvg (NIID-Bench normalizes them too).
 With equal steps for every client FedNova is FedAvg.
@@ -20,7 +23,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from fedsim.algorithms.fedavg import FedAvg
-from fedsim.core.state import weighted_mean
+from fedsim.core.channel import MODEL, per_client, summed
+from fedsim.core.state import num_bytes
 from fedsim.errors import FedsimError
 
 
@@ -31,7 +35,9 @@ def steps_weight(tau: int, rho: float) -> float:
 
 class FedNova(FedAvg):
     name = "fednova"
-    plain_average = False  # each update divided by its a_i
+    sends = {MODEL: summed("the trained model's BN statistics (buffers)", centered=True),
+             "normalized": summed("d_i = (w − w_i)/a_i over the shared parameters"),
+             "steps": per_client("a_i, the client's momentum-weighted local step count")}
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -41,14 +47,23 @@ class FedNova(FedAvg):
         if not 0 <= config.momentum < 1:
             raise FedsimError(f"fednova needs --momentum in [0, 1) (got {config.momentum})")
 
-    def aggregate(self, server, results):
-        sizes = [r.num_samples for r in results]
+    def __init__(self, config, keys, population: int = 1):
+        super().__init__(config, keys, population)
+        self.sent = [k for k in self.shared if k not in self.shared_params]  # the buffers travel as a model
+
+    def client_finish(self, server, store, result):
+        super().client_finish(server, store, result)
+        a = steps_weight(sum(result.steps), self.config.momentum)
+        w, trained = server.model, result.states[-1]
+        return self.message(result, normalized={k: (w[k] - trained[k]) / a for k in self.shared_params}, steps=a)
+
+    def server_update(self, server, aggregate):
+        sizes = aggregate.samples
         p = [n / sum(sizes) for n in sizes]
-        a = [steps_weight(sum(r.steps), self.config.momentum) for r in results]
-        tau_eff = sum(pi * ai for pi, ai in zip(p, a, strict=True))
-        w = server.model
-        d = weighted_mean([{k: (w[k] - r.states[-1][k]) / ai for k in self.shared_params}
-                           for r, ai in zip(results, a, strict=True)], sizes, self.shared_params)
-        mean = weighted_mean([r.states[-1] for r in results], sizes, self.shared)  # the buffers
-        mean.update({k: w[k] - tau_eff * d[k] for k in self.shared_params})
+        tau_eff = sum(pi * ai for pi, ai in zip(p, aggregate.per_client["steps"], strict=True))
+        w, d = server.model, aggregate.means["normalized"]
+        mean = {**aggregate.means[MODEL], **{k: w[k] - tau_eff * d[k] for k in self.shared_params}}
         return replace(server, model={**w, **mean})
+
+    def bytes_down(self, server):
+        return num_bytes(server.model, self.shared)

@@ -6,7 +6,11 @@ Differs from FedAvg in what is exchanged: no model weights at all. Each client k
 it on cross-entropy + λ·MSE(z, p_y) (`--proto-lam`), z the head's input (the base's output) and p_y the
 global prototype of the sample's class (a class without one adds nothing). It then sends its class
 prototypes, the mean z of each class it holds; the server's prototype of a class is the plain mean of the
-prototypes the cohort sent for it, and replaces the last round's. Up: d floats and a label (int64) per class
+prototypes the cohort sent for it, and replaces the last round's. That is the authors' code
+(`proto_aggregation`) and PFLlib's; the paper's Eq. 6 instead weighs client i's prototype of class j by
+|D_ij|/N_j (its share of the class's samples) and, as printed, also divides by |N_j| (the clients holding j).
+The channel carries the mean as two uniform means, of p_i·[i holds c] and of [i holds c], so DP and robust
+reducers cover the prototypes like any summed field. Up: d floats and a label (int64) per class
 the client holds; down: the same for each global prototype (none in round 1). A client is evaluated with its
 own model's classifier (the paper's local model); the global model column stays at the initial model: no global
 model exists.
@@ -23,6 +27,7 @@ from dataclasses import dataclass, replace
 from fedsim.algorithms.fedas import features_and_logits
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedper import head_params
+from fedsim.core.channel import UNIFORM, Message, summed
 from fedsim.core.hooks import Phase, ServerState
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
@@ -42,12 +47,15 @@ class FedProto(FedAvg):
     no_freeze_base = "trains its base"
     needs_head = True
     personalized = True
-    plain_average = False  # no model is averaged: robust aggregation and DP do not apply
     Params = FedProtoParams
+    # the server's prototype of a class is Σ p_i·[holds] / Σ [holds] over the cohort: two uniform means
+    sends = {"prototypes": summed("its per-class prototypes (zero rows for classes it lacks)", weight=UNIFORM),
+             "holds": summed("which classes it holds (1 or 0 per class)", weight=UNIFORM)}
 
-    def __init__(self, config, keys, num_clients: int = 1):
+    def __init__(self, config, keys, population: int = 1):
         self.head_modules = sorted({k.rpartition(".")[0] for k in head_params(keys, self.name)})
-        super().__init__(config, keys, num_clients)
+        super().__init__(config, keys, population)
+        self.sent = []  # no model travels
 
     def personal_keys(self):
         return set(self.keys.all)  # the whole model stays with the client
@@ -82,15 +90,17 @@ class FedProto(FedAvg):
     def client_finish(self, server, store, result):
         store.put(result.client, result.states[-1])
         prototypes, has = self.prototypes(result.states[-1], result.client, server.extra["has"].shape[0])
-        return replace(result, extra={**result.extra, "prototypes": prototypes, "has": has})
+        holds = has.to(prototypes.dtype)
+        return Message(result.client, result.num_samples, {"prototypes": {"prototypes": prototypes * holds[:, None]},
+                                                           "holds": {"holds": holds}}, result.loss, result.round)
 
-    def aggregate(self, server, results):
-        import torch
-
-        counts = torch.stack([r.extra["has"] for r in results]).sum(0)
-        sums = sum(r.extra["prototypes"] * r.extra["has"][:, None] for r in results)
-        prototypes = sums / counts.clamp(min=1)[:, None]
-        return replace(server, extra={**server.extra, "prototypes": prototypes, "has": counts > 0})
+    def server_update(self, server, aggregate):
+        sums, holders = aggregate.means["prototypes"]["prototypes"], aggregate.means["holds"]["holds"]
+        # a class is held where at least half a client holds it: exactly the classes some client holds, unless
+        # DP's noise moved the count (then it keeps tiny noised counts from dividing the prototypes up)
+        has = holders * aggregate.count >= 0.5
+        prototypes = sums / holders.clamp(min=0.5 / aggregate.count)[:, None]
+        return replace(server, extra={**server.extra, "prototypes": prototypes * has[:, None], "has": has})
 
     def prototypes(self, state, client: int, classes: int):
         """(classes x d prototypes, which classes the client holds): its mean features per class, eval mode."""
@@ -113,13 +123,9 @@ class FedProto(FedAvg):
     def prototype_bytes(self, has, prototypes) -> int:
         return int(has.sum()) * (prototypes.shape[1] * prototypes.element_size() + LABEL_BYTES)
 
-    def bytes_up_of(self, server, result) -> int:
+    def bytes_up_of(self, server, message) -> int:
         """A client sends one prototype (and its label) per class it holds."""
-        return self.prototype_bytes(result.extra["has"], result.extra["prototypes"])
-
-    def bytes_up(self, server):
-        """The most one client sends: a prototype for every class (the run counts each client's, bytes_up_of)."""
-        return self.prototype_bytes(server.extra["has"].new_ones(server.extra["has"].shape), server.extra["prototypes"])
+        return self.prototype_bytes(message.fields["holds"]["holds"] > 0, message.fields["prototypes"]["prototypes"])
 
     def bytes_down(self, server):
         return self.prototype_bytes(server.extra["has"], server.extra["prototypes"])

@@ -19,8 +19,6 @@ base and generic head, with its own batch order (so with BatchNorm the running s
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedper import head_params
 from fedsim.core.hooks import ClientJob, Phase
@@ -68,7 +66,7 @@ class FedRoD(FedAvg):
         old = store.get(result.client)["head"]
         store.put(result.client, {"model": {k: generic[k] for k in self.personal},
                                   "head": {k: old[k] + summed[k] - generic[k] for k in self.head}})
-        return replace(result, states=[generic])  # the server averages the generic model
+        return self.message(result, model=generic)  # the server averages the generic model
 
     def personal_model(self, server, store, client):
         entry = store.get(client)

@@ -59,7 +59,7 @@ class MOON(FedAvg):
 
     def client_finish(self, server, store, result):
         store.put(result.client, {k: result.states[-1][k] for k in self.base})
-        return result
+        return self.message(result)
 
     def personal_model(self, server, store, client):
         return {**server.model, **{k: store.get(client)[k] for k in self.personal}} if self.personal else None

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.peravg import batch_gradient
+from fedsim.core.channel import MODEL
 from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
@@ -66,10 +67,10 @@ class PFedMe(FedAvg):
 
     def client_finish(self, server, store, result):
         store.put(result.client, result.states[-1])
-        return result
+        return self.message(result)
 
-    def aggregate(self, server, results):
-        beta, mean = self.params.server_lr, self.average(server, results)
+    def server_update(self, server, aggregate):
+        beta, mean = self.params.server_lr, dict(aggregate.means[MODEL])
         if beta != 1:
             mean.update({k: server.model[k] + beta * (mean[k] - server.model[k]) for k in self.shared_params})
         return replace(server, model={**server.model, **mean})

@@ -10,7 +10,9 @@ What this file follows (the paper's Algorithm 1, option II):
   then w −= lr·(c − c_i). The two agree for plain SGD.
 - c_i⁺ = c_i − c + (w_global − w_i)/(K·lr), K the local steps the client took, lr the round's client lr
   (exact for plain SGD; with momentum or Adam it is the paper's approximation all the same).
-- server: c += (1/N)·Σ_{i∈S} Δc_i with N all clients; w += η_g·(mean of the clients' w_i − w).
+- server: c += (1/N)·Σ_{i∈S} Δc_i with N the clients with data; w += η_g·(mean of the clients' w_i − w).
+  Both come from the channel's aggregate: the model's mean and Δc's uniform mean times the senders, so
+  differential privacy and robust aggregation cover Δc_i as they cover the model.
 Deviation: the model mean is sample-weighted, as FedAvg and NIID-Bench weight it (the paper writes
 1/|S|, i.e. equal client sizes), so η_g = 1 with zero control variates is exactly FedAvg.
 Control variates cover the shared parameters (not buffers; not BN layers kept local by --bn local);
@@ -22,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fedsim.algorithms.fedavg import FedAvg
+from fedsim.core.channel import MODEL, UNIFORM, summed
 from fedsim.core.hooks import ClientJob, LinearTerm, Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone, num_bytes
@@ -36,6 +39,7 @@ class ScaffoldParams(Params):
 class Scaffold(FedAvg):
     name = "scaffold"
     Params = ScaffoldParams
+    sends = {**FedAvg.sends, "dc": summed("Δc_i, the change of the client's control variate", weight=UNIFORM)}
 
     def _zeros(self, state):
         return {k: state[k].new_zeros(state[k].shape) for k in self.shared_params}
@@ -62,14 +66,14 @@ class Scaffold(FedAvg):
         scale = 1.0 / (sum(result.steps) * result.lr)
         new = {k: c_i[k] - c[k] + (server.model[k] - w[k]) * scale for k in c}
         store.put(result.client, {"model": {k: w[k] for k in self.personal}, "c": new})
-        return replace(result, extra={**result.extra, "dc": {k: new[k] - c_i[k] for k in c}})
+        return self.message(result, dc={k: new[k] - c_i[k] for k in c})
 
-    def aggregate(self, server, results):
-        eta = self.params.server_lr
-        mean = self.average(server, results)
+    def server_update(self, server, aggregate):
+        eta, mean = self.params.server_lr, dict(aggregate.means[MODEL])
         if eta != 1:
             mean.update({k: server.model[k] + eta * (mean[k] - server.model[k]) for k in self.shared_params})
-        c = {k: v + sum(r.extra["dc"][k] for r in results) / self.num_clients for k, v in server.extra["c"].items()}
+        dc = aggregate.sum("dc")
+        c = {k: v + dc[k] / self.population for k, v in server.extra["c"].items()}
         return replace(server, model={**server.model, **mean}, extra={**server.extra, "c": c})
 
     def personal_model(self, server, store, client):
@@ -77,6 +81,3 @@ class Scaffold(FedAvg):
 
     def bytes_down(self, server):  # the model and c
         return super().bytes_down(server) + num_bytes(server.extra["c"], server.extra["c"])
-
-    def bytes_up(self, server):  # the model and Δc_i
-        return super().bytes_up(server) + num_bytes(server.extra["c"], server.extra["c"])

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fedsim.algorithms.fedavg import FedAvg
+from fedsim.core.channel import MODEL
 from fedsim.core.params import Params, option
 
 
@@ -69,8 +70,8 @@ class ServerOpt(FedAvg):
         """One parameter's server step: (the change to w, the new moments)."""
         raise NotImplementedError
 
-    def aggregate(self, server, results):
-        mean = self.average(server, results)
+    def server_update(self, server, aggregate):
+        mean = dict(aggregate.means[MODEL])
         extra = {**server.extra, **{name: {} for name in self.moments}}
         for k in self.shared_params:
             change, new = self.step(mean[k] - server.model[k], {n: server.extra[n][k] for n in self.moments})

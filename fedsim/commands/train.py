@@ -123,7 +123,7 @@ def train(
                                                      "spends exactly E in --rounds (printed before training).",
                                                      rich_help_panel=_DP)] = None,
     dp_delta: Annotated[float | None, typer.Option(metavar="D", help="delta of the (epsilon, delta) guarantee "
-                                                   "(default 1/N, N = clients with data).",
+                                                   "(default min(N^-1.1, 1e-5), N = clients with data).",
                                                    rich_help_panel=_DP)] = None,
     dp_clip: Annotated[str | None, typer.Option(metavar="C|adaptive", help="L2 clip norm of each client's update, or "
                                                 "adaptive (Andrew et al. 2021: C tracks a quantile of the norms).",
@@ -132,6 +132,10 @@ def train(
                                                     rich_help_panel=_DP)] = 0.5,
     dp_mode: Annotated[str, typer.Option(help="central: the server noises the sum of clipped updates; local: each "
                                          "client noises its own before sending.", rich_help_panel=_DP)] = "central",
+    dp_noise_seed: Annotated[int | None, typer.Option(metavar="N", help="Key the noise by N instead of the run's own "
+                                                      "hash: runs given the same N draw the same noise (common random "
+                                                      "numbers), so their difference is released without noise.",
+                                                      rich_help_panel=_DP)] = None,
     rounds: Annotated[int, typer.Option(help="Communication rounds.", rich_help_panel=_ROUNDS)] = 20,
     fraction: Annotated[float, typer.Option(help="Fraction of clients trained per round, in (0, 1].",
                                             rich_help_panel=_ROUNDS)] = 1.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fedsim.core.state import State, weighted_mean
+from fedsim.core.state import State
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Phase:
 class ServerState:
     model: State
     extra: dict = field(default_factory=dict)  # e.g. SCAFFOLD's c, a server optimizer's moments
+    round: int = 0  # rounds completed: the model's version (a round where no client sent counts too)
 
 
 @dataclass
@@ -75,8 +76,8 @@ class ClientJob:
 
 @dataclass(frozen=True)
 class ClientResult:
-    """A client's round: what the executor returns, and (after the algorithm's `client_finish`, which may add
-    `extra`) what the client sends the server's `aggregate`."""
+    """A client's round as the executor returns it. It stays on the client: `client_finish` keeps what the
+    client keeps and returns the Message it sends (fedsim.core.channel)."""
 
     client: int
     num_samples: int
@@ -85,15 +86,7 @@ class ClientResult:
     loss: float  # mean data loss over the client's local steps
     last_finite_loss: float = float("nan")  # the last finite batch loss (for divergence messages)
     lr: float = 0.0  # the client learning rate used this round
-    extra: dict = field(default_factory=dict)  # what an algorithm sends beside the model (SCAFFOLD's dc_i)
-    round: int = 0  # the round it trained in (keys the server's random draws, e.g. DP noise)
-
-
-def sample_weighted_mean(global_model: State, sent: list[ClientResult], keys) -> State:
-    """FedAvg's average of the clients' models over `keys`: weighted by their sample counts. The default
-    `FedAvg.averaging`; differential privacy (clipped updates, noise) and robust aggregation (median, Krum)
-    are other functions of the same signature."""
-    return weighted_mean([r.states[-1] for r in sent], [r.num_samples for r in sent], keys)
+    round: int = 0  # the round it trained in
 
 
 @dataclass

@@ -7,14 +7,14 @@ with one all_gather at start-up (the config, the data's, the partition's and the
 turns an error on any rank into one line for all. Each round, `Ranks.share` gives this rank its part of the
 cohort (`split_work`: balanced by the clients' local work, samples x epochs), its executor trains it and the
 algorithm's `client_finish` runs there; then `Ranks.gather` hands every rank what the whole cohort sent, in
-cohort order, and the state its clients keep (the store's entries). So every rank runs the same transforms and
-`aggregate` on the same inputs and holds the same server state and client store: a client trains the same on any
+cohort order, and the state its clients keep (the store's entries). So every rank runs the same channel and
+server update on the same messages and holds the same server state and client store: a client trains the same on any
 rank (every draw is keyed by (seed, round, client)), and the CSV is the one-process run's. Only rank 0 evaluates
 and writes the run's files (fedsim/experiment.py).
 
-Why gather the clients' results rather than all_reduce weighted sums: the sums would give each algorithm's
-`aggregate` another form (FedNova's a_i, SCAFFOLD's dc_i, FedAS's Fisher weights, robust aggregators that need
-every update, DP's one noise draw) and change the float summation order, so the numbers would depend on the
+Why gather the clients' messages rather than all_reduce weighted sums: the sums would give the channel another
+form (per-client fields such as FedNova's a_i, robust reducers that need every update, DP's one noise draw) and
+change the float summation order, so the numbers would depend on the
 number of processes. Gathering moves each client's model once (pickled through the CPU); measured on the CPU,
 scripts/benchmark_distributed.py and the README, it is a small part of a round.
 
@@ -174,7 +174,7 @@ class Ranks:
         return built
 
     def gather(self, cohort, diverged, sent: list, store, round: int, device) -> tuple[Diverged | None, list]:
-        """After this rank's `client_finish`: every rank's sent results and its clients' kept state. Returns the
+        """After this rank's `client_finish`: every rank's messages and its clients' kept state. Returns the
         cohort's first diverged client (by cohort order) if any, else everything sent in cohort order; the other
         ranks' clients' kept state is put into `store`. `diverged`: this rank's first diverged result, or None."""
         kept = store.states()
@@ -255,16 +255,16 @@ def _leave() -> None:
 
 
 def _to(value, device):
-    """`value` (tensors in ClientResults, dicts, lists and tuples) with its tensors on `device`: the gathered
-    results travel pickled through the CPU, so that a rank never unpickles a tensor onto another rank's GPU."""
+    """`value` (tensors in Messages, dicts, lists and tuples) with its tensors on `device`: the gathered
+    messages travel pickled through the CPU, so that a rank never unpickles a tensor onto another rank's GPU."""
     import torch
 
-    from fedsim.core.hooks import ClientResult
+    from fedsim.core.channel import Message
 
     if isinstance(value, torch.Tensor):
         return value if value.device == torch.device(device) else value.to(device)
-    if isinstance(value, ClientResult):
-        return replace(value, states=_to(value.states, device), extra=_to(value.extra, device))
+    if isinstance(value, Message):
+        return replace(value, fields=_to(value.fields, device))
     if isinstance(value, dict):
         return {k: _to(v, device) for k, v in value.items()}
     if isinstance(value, list | tuple):

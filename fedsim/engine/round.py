@@ -1,11 +1,11 @@
 """One round of federated training: the one function the loop, the benchmark and the tests all call.
 
-    jobs     = algorithm.client_job(...) for each client of the cohort   (what each client starts from)
-    results  = executor.train(phases, jobs)                             (local training, any executor)
-    sent     = algorithm.client_finish(...) for each result              (what the client keeps and sends)
-    sent     = ranks.gather(...)     under torchrun: each process trained a share; all get the whole cohort's
-    sent     = transform(sent, server, round) for each of `transforms`   (attacks, local DP: what goes up)
-    server   = algorithm.aggregate(server, sent)                         (the server update)
+    jobs      = algorithm.client_job(...) for each client of the cohort   (what each client starts from)
+    results   = executor.train(phases, jobs)                             (local training, any executor)
+    messages  = algorithm.client_finish(...) for each result              (what the client keeps and sends)
+    messages  = ranks.gather(...)    under torchrun: each process trained a share; all get the whole cohort's
+    aggregate = channel.reduce(algorithm.sends, messages, server, round)  (stages, then the reducer)
+    server    = algorithm.server_update(server, aggregate)                (sees the aggregate only)
 
 The algorithm is duck-typed (the hooks of fedsim.algorithms.fedavg.FedAvg): the engine never imports one.
 """
@@ -13,9 +13,9 @@ The algorithm is duck-typed (the hooks of fedsim.algorithms.fedavg.FedAvg): the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from fedsim.core.channel import Aggregate, Channel, Message
 from fedsim.core.hooks import ClientResult, ClientStore, ServerState
 from fedsim.core.state import is_finite
 from fedsim.errors import DivergenceError
@@ -23,19 +23,21 @@ from fedsim.errors import DivergenceError
 
 @dataclass(frozen=True)
 class RoundResult:
-    server: ServerState  # the server state after aggregation
-    sent: list[ClientResult]  # what each client of the cohort sent the server
+    server: ServerState  # the server state after the round
+    sent: list[Message]  # what each client of the cohort sent, before the channel's stages
+    aggregate: Aggregate | None  # what the server update received; None when no client sent
+    trained: list[ClientResult]  # the clients' trained states (this process's share under torchrun): never sent
 
 
 def run_round(algorithm, executor, server: ServerState, store: ClientStore, cohort, round: int,
-              lr: float, transforms: Sequence[Callable] = (), work: dict | None = None, ranks=None) -> RoundResult:
-    """Train `cohort` (client ids) from `server` and aggregate; `store` gets the clients' kept state.
-    `transforms`, each `f(sent, server, round) -> sent`, change what the clients send, in order, after
-    `client_finish` (a malicious client's attack, local differential privacy's noise). `work`: per client, a
-    ClientJob override of its local work (fedsim.engine.stragglers). A round where no client sends leaves
-    the server as it was. `ranks` (fedsim.engine.distributed.Ranks, under torchrun): this process trains its
-    share of the cohort, then every process gathers what the whole cohort sent and keeps, so that all of them
-    aggregate the same inputs into the same server state. (A sweep's runs train together through their
+              lr: float, channel: Channel | None = None, work: dict | None = None, ranks=None) -> RoundResult:
+    """Train `cohort` (client ids) from `server` and update it; `store` gets the clients' kept state. What the
+    clients send passes through `channel` (default: the plain weighted mean), whose Aggregate is all the
+    algorithm's server update sees. `work`: per client, a ClientJob override of its local work
+    (fedsim.engine.stragglers). A round where no client sends leaves the model as it was (its round still
+    counts). `ranks` (fedsim.engine.distributed.Ranks, under torchrun): this process trains its share of the
+    cohort, then every process gathers what the whole cohort sent and keeps, so that all of them reduce the same
+    messages, in cohort order, into the same server state. (A sweep's runs train together through their
     executor: fedsim/sweep.py.)
 
     Raises DivergenceError naming the round and the client when a loss or a weight becomes NaN/inf.
@@ -55,14 +57,20 @@ def run_round(algorithm, executor, server: ServerState, store: ClientStore, coho
         bad, sent = ranks.gather(cohort, bad, sent, store, round, device)
     if bad is not None:
         diverged(round, bad.client, bad.last_finite_loss, lr)
-    for transform in transforms:
-        sent = transform(sent, server, round)
-    if not sent:  # every client failed or was dropped: nothing to aggregate
-        return RoundResult(server, sent)
-    server = algorithm.aggregate(server, sent)
+    server, aggregate = update_server(algorithm, server, sent, round, channel)
     if not is_finite(server.model, server.model):
         diverged(round, None, float("nan"), lr)
-    return RoundResult(server, sent)
+    return RoundResult(server, sent, aggregate, results)
+
+
+def update_server(algorithm, server: ServerState, messages: list[Message], round: int,
+                  channel: Channel | None = None) -> tuple[ServerState, Aggregate | None]:
+    """The server's side of round `round`: `messages` through `channel` (default: the weighted mean), then the
+    algorithm's server update on the Aggregate; with no message the model stays as it was (the round counts)."""
+    if not messages:  # every client failed or was dropped: nothing to aggregate
+        return replace(server, round=round), None
+    aggregate = (channel or Channel()).reduce(algorithm.sends, messages, server, round)
+    return replace(algorithm.server_update(server, aggregate), round=round), aggregate
 
 
 def diverged(round: int, client: int | None, last_finite: float, lr: float):

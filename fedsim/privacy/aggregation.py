@@ -1,10 +1,16 @@
-"""Clipping and noise on the stacked client updates.
+"""Clipping and noise: DP's reducer and local DP's stage in the channel (fedsim.core.channel).
 
 DP-FedAvg: McMahan, Ramage, Talwar, Zhang, "Learning Differentially Private Recurrent Language Models", ICLR
-2018 (arXiv:1710.06963). Each client's update Δ_i (its model minus the global model over what the server
-averages) is clipped to L2 norm C; the server adds N(0, (z·C)²) per coordinate to their sum and divides by a
-fixed denominator, the cohort size m (fedsim's cohorts have a fixed size). Every client counts once: sample
-counts are not used, as they would change the sum's sensitivity.
+2018 (arXiv:1710.06963). Each client's update Δ_i is clipped to L2 norm C; the server adds N(0, (z·C)²) per
+coordinate to their sum and divides by a fixed denominator, the cohort size m (fedsim's cohorts have a fixed
+size). Every client counts once: sample counts are not used, as they would change the sum's sensitivity.
+
+Δ_i is everything client i sends, as one vector: every summed field of its message (fedsim.core.channel), a
+model as its update (the model minus the global model it started from), other fields as they are (SCAFFOLD's
+Δc_i). One clip norm bounds them together, so the sum's sensitivity, the noise and the accountant hold for any
+algorithm whose message has only summed fields; a per-client field (FedNova's step count) cannot be clipped into
+a sum, and the channel refuses such an algorithm. The server's update reads only the noised means, so whatever
+it computes from them (FedDyn's h, a server optimizer's moments) is post-processing.
 
 Adaptive clipping: Andrew, Thakkar, McMahan, Ramaswamy, "Differentially Private Learning with Adaptive
 Clipping", NeurIPS 2021 (arXiv:1905.03871). Each round the server also sums b_i = [‖Δ_i‖ ≤ C], adds N(0, σ_b²)
@@ -14,33 +20,22 @@ two Gaussian sums together are one Gaussian mechanism of multiplier z = (z_Δ⁻
 Theorem 1; replace-one moves the count by 1 and the sum by 2C alike), so the update's noise multiplier is
 z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2), and only z < 2σ_b = m/10 can be protected this way.
 
-The update covers the floating tensors the server averages (parameters and BN running statistics). Deviation:
-integer buffers (BN's num_batches_tracked counts a client's steps, so its data size) are not averaged but keep
-the global model's value.
+The noise is keyed by (the run's noise key, round): a hash of the run's options by default, so two runs of a
+sweep that differ in anything (a learning rate) draw independent noise; `--dp-noise-seed` shares it on purpose.
+Deviation: integer tensors (BN's num_batches_tracked counts a client's steps, so its data size) are not sent
+through the mechanism but keep the global model's value.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from fedsim.core import rng
-from fedsim.core.hooks import ClientResult
-from fedsim.core.state import State
+from fedsim.core.channel import stack_updates, unstack, with_fields
 
 ADAPTIVE_INITIAL_CLIP = 0.1  # Andrew et al.'s C_0
 ADAPTIVE_CLIP_LR = 0.2  # η_C
-
-
-def _float_keys(state: State, keys) -> list[str]:
-    return [k for k in keys if state[k].is_floating_point()]
-
-
-def stacked_updates(global_model: State, states: list[State], keys: list[str]):
-    """(clients, coordinates): each client's state minus the global model, flattened over `keys`."""
-    import torch
-
-    return torch.stack([torch.cat([(s[k] - global_model[k]).reshape(-1).float() for k in keys]) for s in states])
+SUMMED_ONLY = "it clips and noises everything a client sends as one vector"
 
 
 def clip_rows(updates, clip: float):
@@ -49,61 +44,57 @@ def clip_rows(updates, clip: float):
     return updates * (clip / norms.clamp_min(clip)).unsqueeze(1), norms
 
 
-def gaussian(size: int, std: float, device, purpose: int, seed: int, *key: int):
-    """N(0, std²) of `size` coordinates from the generator keyed by (purpose, seed, key): the same numbers on
+def gaussian(size: int, std: float, device, purpose: int, key: int, *more: int):
+    """N(0, std²) of `size` coordinates from the generator keyed by (purpose, key, more): the same numbers on
     every device and executor, and after a resume."""
     import torch
 
-    generator = torch.Generator().manual_seed(int(rng.keyed_rng(purpose, seed, *key).integers(2**62)))
+    generator = torch.Generator().manual_seed(int(rng.keyed_rng(purpose, key, *more).integers(2**62)))
     return (torch.randn(size, generator=generator) * std).to(device)
 
 
-def _unflattened(global_model: State, keys: list[str], flat_keys: list[str], mean) -> State:
-    out, start = {}, 0
-    for k in flat_keys:
-        n = global_model[k].numel()
-        out[k] = global_model[k] + mean[start:start + n].reshape(global_model[k].shape).to(global_model[k].dtype)
-        start += n
-    return {k: out[k] if k in out else global_model[k].clone() for k in keys}
-
-
-class DPAveraging:
-    """`FedAvg.averaging` under DP: f(global model, sent, keys) -> the new state over keys.
+class DPReducer:
+    """The channel's reducer under DP: the means of the summed fields from the clipped (central) or already
+    clipped and noised (local) updates, over the fixed denominator m.
 
     Central mode clips each update, noises the sum and divides by m. Local mode receives updates the clients
-    already clipped and noised (`LocalNoise`) and divides their sum by m. `clip` is None for adaptive
-    clipping; `state()`/`load()` carry its clip norm through the checkpoint (ServerState.extra).
-    """
+    already clipped and noised (`LocalNoise`) and divides their sum by m. `clip` is None for adaptive clipping;
+    `state()`/`load()` carry the clip norm and the noise multiplier through the checkpoint (ServerState.extra)."""
 
-    def __init__(self, mode: str, clip: float | None, noise: float, cohort: int, seed: int, quantile: float = 0.5):
-        self.mode, self.noise, self.cohort, self.seed, self.quantile = mode, noise, cohort, seed, quantile
+    name = "differential privacy"
+    needs_summed_only = SUMMED_ONLY
+    uses_samples = False
+
+    def __init__(self, mode: str, clip: float | None, noise: float, cohort: int, key: int, quantile: float = 0.5):
+        self.mode, self.cohort, self.key, self.quantile = mode, cohort, key, quantile
         self.adaptive = clip is None
         self.clip = ADAPTIVE_INITIAL_CLIP if self.adaptive else clip
-        self.used_clip = self.clip  # the clip norm of the last round averaged
-        self.count_std = cohort / 20 if self.adaptive and noise > 0 else 0.0
+        self.used_clip = self.clip  # the clip norm of the last round reduced
+        self.set_noise(noise)
+
+    def set_noise(self, noise: float) -> None:
+        self.noise = noise
+        self.count_std = self.cohort / 20 if self.adaptive and noise > 0 else 0.0
         self.update_noise = noise if not self.count_std else (noise**-2 - (2 * self.count_std) ** -2) ** -0.5
 
-    def __call__(self, global_model: State, sent: list[ClientResult], keys) -> State:
-        if not sent:  # every client of the cohort dropped out: nothing of anyone's data to release
-            return {k: global_model[k].clone() for k in keys}
-        flat_keys = _float_keys(global_model, keys)
-        updates = stacked_updates(global_model, [r.states[-1] for r in sent], flat_keys)
-        round, clip = sent[0].round, self.clip
+    def __call__(self, sends, messages, server, round: int):
+        updates, parts = stack_updates(sends, messages, server.model)
+        clip = self.clip
         if self.mode == "local":  # clipped and noised by each client before sending
             total = updates.sum(0)
         else:
             clipped, norms = clip_rows(updates, clip)
             total = clipped.sum(0) + gaussian(updates.shape[1], self.update_noise * clip, updates.device,
-                                              rng.DP_NOISE, self.seed, round)
+                                              rng.DP_NOISE, self.key, round)
             if self.adaptive:
                 unclipped = float((norms <= clip).sum()) + float(
-                    gaussian(1, self.count_std, "cpu", rng.DP_COUNT, self.seed, round)[0])
+                    gaussian(1, self.count_std, "cpu", rng.DP_COUNT, self.key, round)[0])
                 self.clip = clip * math.exp(-ADAPTIVE_CLIP_LR * (unclipped / self.cohort - self.quantile))
         self.used_clip = clip
-        return _unflattened(global_model, list(keys), flat_keys, total / self.cohort)
+        return unstack(sends, messages[0], parts, total / self.cohort, server.model), self.cohort, {}
 
     def state(self) -> dict:
-        return {"clip": self.clip}
+        return {"clip": self.clip, "noise": self.noise}
 
     def load(self, state: dict | None) -> None:
         if state is not None:
@@ -111,22 +102,21 @@ class DPAveraging:
 
 
 class LocalNoise:
-    """Local DP, a `run_round` transform: each client clips its update over `keys` to C and adds N(0, (z·C)²)
-    per coordinate before it leaves the client (keyed by (seed, round, client))."""
+    """Local DP, a channel stage: each client clips its update (every summed field, as `DPReducer`) to C and adds
+    N(0, (z·C)²) per coordinate before it leaves the client (keyed by (the run's noise key, round, client))."""
 
-    def __init__(self, clip: float, noise: float, seed: int, keys: list[str]):
-        self.clip, self.noise, self.seed, self.keys = clip, noise, seed, keys
+    name = "differential privacy (--dp-mode local)"
+    needs_summed_only = SUMMED_ONLY
 
-    def __call__(self, sent: list[ClientResult], server, round: int) -> list[ClientResult]:
-        if not sent:
-            return sent
-        model = server.model
-        flat_keys = _float_keys(model, self.keys)
-        clipped, _ = clip_rows(stacked_updates(model, [r.states[-1] for r in sent], flat_keys), self.clip)
+    def __init__(self, clip: float, noise: float, key: int):
+        self.clip, self.noise, self.key = clip, noise, key
+
+    def __call__(self, sends, messages, server, round: int):
+        updates, parts = stack_updates(sends, messages, server.model)
+        clipped, _ = clip_rows(updates, self.clip)
         out = []
-        for r, update in zip(sent, clipped, strict=True):
+        for m, update in zip(messages, clipped, strict=True):
             noisy = update + gaussian(update.numel(), self.noise * self.clip, update.device, rng.DP_LOCAL_NOISE,
-                                      self.seed, round, r.client)
-            state = {**r.states[-1], **_unflattened(model, flat_keys, flat_keys, noisy)}
-            out.append(replace(r, states=[*r.states[:-1], state]))
+                                      self.key, round, m.client)
+            out.append(with_fields(m, **unstack(sends, m, parts, noisy, server.model)))
         return out

@@ -15,6 +15,12 @@ def enabled(config) -> bool:
     return config.dp_noise is not None or config.dp_epsilon is not None
 
 
+def default_delta(population: int) -> float:
+    """δ when --dp-delta is not given: min(N^−1.1, 1e−5), well below 1/N (a δ of 1/N allows a mechanism that
+    publishes one client's data outright)."""
+    return min(population ** -1.1, 1e-5)
+
+
 def clip_norm(text: str) -> float | None:
     """`--dp-clip`'s value: the clip norm C, or None for adaptive clipping."""
     return None if text == ADAPTIVE else float(text)
@@ -33,7 +39,8 @@ def check_options(config) -> None:
             raise FedsimError(f"--dp-clip must be a positive number or 'adaptive' (got {config.dp_clip!r})")
     if not enabled(config):
         given = [f"--{name.replace('_', '-')}" for name, default in
-                 (("dp_clip", None), ("dp_delta", None), ("dp_mode", "central")) if getattr(config, name) != default]
+                 (("dp_clip", None), ("dp_delta", None), ("dp_mode", "central"), ("dp_noise_seed", None))
+                 if getattr(config, name) != default]
         if given:
             raise FedsimError(f"{' and '.join(given)} need --dp-noise Z or --dp-epsilon E (differential privacy "
                               "is off without one)")
@@ -41,6 +48,9 @@ def check_options(config) -> None:
     if config.dp_noise is not None and config.dp_epsilon is not None:
         raise FedsimError("give --dp-noise (the noise multiplier) or --dp-epsilon (the budget it is computed "
                           "from), not both")
+    if config.aggregate != "mean":
+        raise FedsimError(f"--aggregate {config.aggregate} and differential privacy are both the channel's reducer "
+                          "(a robust filter cannot see the noised sum): use one of them")
     if config.dp_clip is None:
         raise FedsimError("differential privacy needs --dp-clip C (the clip norm of a client's update) or "
                           "--dp-clip adaptive")

@@ -1,8 +1,8 @@
 """Robust aggregation (--aggregate) and attacks by malicious clients (--malicious-fraction, --attack).
 
-Both sit beside the algorithms and import only fedsim.core: an aggregator is an averaging function
-`f(global_model, sent, keys) -> State` that replaces `FedAvg.averaging` (aggregators.py); an attack poisons a
-malicious client's labels before training, or changes what it sends after `client_finish` (attacks.py).
+Both sit beside the algorithms and import only fedsim.core: an aggregator is the channel's reducer in place of
+the weighted mean (aggregators.py); an attack poisons a malicious client's labels before training, or is the
+channel's stage that changes what it sends (attacks.py); see fedsim.core.channel.
 experiment.py installs them. This file holds the names and the checks of the options; like config.py, which
 calls `check_options`, it loads neither torch nor numpy.
 """
@@ -46,14 +46,11 @@ def krum_f(f: int | None, n: int) -> int:
     return (n - 3) // 2 if f is None else f
 
 
-def check_setup(config, plain_average: bool, cohort_size: int, eligible: int) -> None:
-    """What needs the algorithm or the cohort size: one line naming the option and what to change."""
+def check_setup(config, cohort_size: int, eligible: int) -> None:
+    """What needs the cohort size: one line naming the option and what to change. (Which algorithms a reducer
+    takes follows from their messages: fedsim.core.channel.)"""
     n = cohort_size
     if config.aggregate != "mean":
-        if not plain_average:
-            raise FedsimError(f"--aggregate {config.aggregate} replaces the mean of the clients' models, which "
-                              f"{config.algo} does not take (it weighs clients its own way, or averages no model): "
-                              "use another --algo")
         if config.aggregate in ("krum", "multi-krum"):
             f = krum_f(config.krum_f, n)
             if n < 2 * f + 3 or f < 0:

@@ -10,24 +10,20 @@ With w the global model a client received and w_i the model it trained (honestly
     gaussian     sends w + s·N(0, I): noise in place of its update (Blanchard et al., NeurIPS 2017's Gaussian
                  Byzantine workers)
 
-s is `--attack-scale` (default 4). The model attacks change the shared trainable parameters only: buffers (BN's
-running statistics) go up as trained, since a reversed variance would be negative. Control variates and other
-`extra` a client sends (SCAFFOLD's Δc_i) stay honest. A malicious client keeps its honest personal state; its
-reported sample count is its own. The subset is drawn from the clients with data, keyed by the seed
-(fedsim.core.rng.MALICIOUS), and grows with the fraction (10% of the clients are among 30%'s); the Gaussian
-noise is keyed by (seed, round, client) (rng.ATTACK), so runs and resumes repeat it.
+s is `--attack-scale` (default 4). A model attack is the channel's first stage (fedsim.core.channel): it changes
+every summed field the client sends, a model as its update (above) and any other field as its value (SCAFFOLD's
+Δc_i reversed or scaled too; noise in its place), except BN's running statistics, which go up as trained since
+a reversed variance would be negative. Per-client fields (FedNova's step count) stay honest. A malicious client
+keeps its honest personal state; its reported sample count is its own. The subset is drawn from the clients with
+data, keyed by the seed (fedsim.core.rng.MALICIOUS), and grows with the fraction (10% of the clients are among
+30%'s); the Gaussian noise is keyed by (seed, round, client) (rng.ATTACK), so runs and resumes repeat it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-
 from fedsim.core import rng
-from fedsim.core.hooks import ClientResult, ServerState
+from fedsim.core.channel import SUMMED, with_fields
 from fedsim.robust import DEFAULT_ATTACK_SCALE, malicious_count
-
-Transform = Callable[[list[ClientResult], ServerState, int], list[ClientResult]]
 
 
 def malicious_clients(seed: int, eligible, fraction: float):
@@ -52,26 +48,41 @@ def flip_labels(labels, client_indices, num_classes: int):
     return flipped
 
 
-def model_attack(attack: str, scale: float | None, malicious, seed: int, keys: list[str]) -> Transform:
-    """The transform `f(sent, server, round) -> sent` by which the malicious clients change what they send
-    (sign-flip, scale or gaussian over `keys`, the shared trainable parameters); the others' results pass."""
-    import torch
+class ModelAttack:
+    """The channel stage by which the malicious clients change what they send (sign-flip, scale or gaussian, on
+    every summed field but `buffers`, the model's BN statistics); the others' messages pass."""
 
-    bad = frozenset(int(c) for c in malicious)
-    s = DEFAULT_ATTACK_SCALE if scale is None else scale
+    name = "a model attack"
+    needs_summed_only = None  # per-client fields pass as sent
 
-    def poisoned(result: ClientResult, w: dict, round: int) -> ClientResult:
-        trained = result.states[-1]
-        if attack == "gaussian":
+    def __init__(self, attack: str, scale: float | None, malicious, seed: int, buffers):
+        self.attack, self.seed, self.buffers = attack, seed, frozenset(buffers)
+        self.bad = frozenset(int(c) for c in malicious)
+        self.scale = DEFAULT_ATTACK_SCALE if scale is None else scale
+
+    def __call__(self, sends, messages, server, round: int):
+        return [self.poisoned(sends, m, server.model, round) if m.client in self.bad else m for m in messages]
+
+    def poisoned(self, sends, message, w, round: int):
+        import torch
+
+        generator = None
+        if self.attack == "gaussian":
             generator = torch.Generator().manual_seed(
-                int(rng.keyed_rng(rng.ATTACK, seed, round, result.client).integers(2**62)))
-            new = {k: w[k] + s * torch.randn(w[k].shape, generator=generator).to(w[k]) for k in keys}
-        else:
-            factor = -s if attack == "sign-flip" else s
-            new = {k: w[k] + factor * (trained[k] - w[k]) for k in keys}
-        return replace(result, states=[*result.states[:-1], {**trained, **new}])
-
-    def attack_transform(sent: list[ClientResult], server: ServerState, round: int) -> list[ClientResult]:
-        return [poisoned(r, server.model, round) if r.client in bad else r for r in sent]
-
-    return attack_transform
+                int(rng.keyed_rng(rng.ATTACK, self.seed, round, message.client).integers(2**62)))
+        factor = -self.scale if self.attack == "sign-flip" else self.scale
+        fields = {}
+        for name, spec in sends.items():
+            if spec.kind != SUMMED:
+                continue
+            values, new = message.fields[name], {}
+            for k, v in values.items():
+                center = w[k] if spec.centered else 0
+                if not v.is_floating_point() or k in self.buffers:
+                    new[k] = v
+                elif generator is not None:
+                    new[k] = center + self.scale * torch.randn(v.shape, generator=generator).to(v)
+                else:
+                    new[k] = center + factor * (v - center)
+            fields[name] = new
+        return with_fields(message, **fields)
