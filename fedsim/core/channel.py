@@ -39,12 +39,6 @@ class Field:
     weight: str = SAMPLES  # SAMPLES, UNIFORM, or the name of a per-client field holding each client's weight
     centered: bool = False
 
-    def describe(self) -> str:
-        if self.kind == PER_CLIENT:
-            return f"per-client: {self.what}"
-        weight = {SAMPLES: "sample-weighted", UNIFORM: "uniform"}.get(self.weight, f"weighted by {self.weight}")
-        return f"summed ({weight}{', an update' if self.centered else ''}): {self.what}"
-
 
 def summed(what: str, weight: str = SAMPLES, centered: bool = False) -> Field:
     return Field(SUMMED, what, weight, centered)
