@@ -13,8 +13,9 @@ mean drift, whose size does not shrink with α. In a client's first round (g_k =
 with mu = α. Bytes: the model both ways, as FedAvg (g_k and h never travel).
 The mean of the θ_k is the plain mean over the cohort, as the paper and PFLlib (until this version fedsim weighed it
 by sample counts; on digits Dir(0.5), 10 clients, 5 a round, 20 rounds, seeds 0-2, the final test accuracy went
-from 0.943 to 0.949 on average, within the seeds' spread of about 0.006). Deviations: the regularizer is the squared norm of the paper (PFLlib's code takes the
-norm itself); α is the same for every client (the authors' code divides it by the client's relative data size).
+from 0.943 to 0.949 on average, within the seeds' spread of about 0.006). Deviations: the regularizer is the
+squared norm of the paper (PFLlib's code takes the norm itself); α is the same for every client (the authors'
+code divides it by the client's relative data size).
 g_k and h cover the shared parameters (not buffers; not BN layers kept local by --bn local).
 """
 
