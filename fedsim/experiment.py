@@ -6,6 +6,7 @@ docs/architecture.md for the layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -34,6 +35,7 @@ from fedsim.engine.round import run_round
 from fedsim.engine.stragglers import Stragglers
 from fedsim.engine.threads import cpu_count
 from fedsim.errors import DivergenceError, FedsimError
+from fedsim.identity import RunIdentity, run_identity, weights_sha256
 from fedsim.metrics import CSV_COLUMNS, RunWriter, read_rows
 from fedsim.privacy import COLUMNS as PRIVACY_COLUMNS
 from fedsim.privacy import install_privacy
@@ -61,6 +63,15 @@ class Experiment:
 
     def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
+
+    @functools.cached_property
+    def identity(self) -> RunIdentity:
+        """The run's identity (fedsim/identity.py): its options, data, partition, initial model and fedsim's
+        numeric version; `identity.sha256` names the run. Read before training: the model holds its initial
+        weights until then."""
+        model_class = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
+        return run_identity(self.config, self.dataset.fingerprint(), self.partition.meta.get("sha256"), model_class,
+                            weights_sha256(model_state(self.model)))
 
 
 def setup(config: Config, model=None, dataset=None, executor_factory=make_executor, ranks=None) -> Experiment:
@@ -215,16 +226,6 @@ def evaluate(exp: Experiment, server, store, round: int, lr: float) -> dict:
     }
 
 
-def weights_sha256(state: dict) -> str:
-    """A hash of a model's state (names, shapes, dtypes and values), to tell initial models apart."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def run_record(exp: Experiment) -> dict:
     meta = exp.partition.meta
     return {
@@ -233,6 +234,7 @@ def run_record(exp: Experiment) -> dict:
         "device": str(exp.device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": exp.config.to_dict(),
+        "identity": exp.identity.to_dict(),
         "dataset": {"name": exp.dataset.name, "sha256": exp.dataset.fingerprint(),
                     "train": len(exp.dataset.y_train), "test": len(exp.dataset.y_test),
                     "classes": exp.dataset.num_classes},
@@ -241,7 +243,7 @@ def run_record(exp: Experiment) -> dict:
                       "file": exp.config.partition},
         "model": {"name": exp.config.model, "class": type(exp.model).__qualname__,
                   "parameters": sum(p.numel() for p in exp.model.parameters()),
-                  "initial_sha256": weights_sha256(model_state(exp.model))},
+                  "initial_sha256": exp.identity.facts["initial_sha256"]},
         "executor": {"name": exp.executor.name, "reason": getattr(exp.executor, "reason", ""),
                      "threads": exp.executor.threads.describe()},
         **({} if exp.malicious is None else {"malicious_clients": exp.malicious.tolist()}),
@@ -287,6 +289,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
         config = checkpoint.resumed_config(overrides)
         config.validate()
         if checkpoint.round >= config.rounds:
+            checkpoint.check_files()
             return pd.DataFrame(read_rows(checkpoint.path.with_suffix(".csv"), checkpoint.round)[1])
     if dataset is not None:
         config = dataclasses.replace(config, dataset=dataset.name)
@@ -296,17 +299,17 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     ranks = distributed.join(resolve_device(config.device).type) if share_cohort else None
 
     def build() -> Experiment:
-        return setup(config, model=model, dataset=dataset, executor_factory=executor_factory, ranks=ranks)
+        if checkpoint is not None and (ranks is None or ranks.lead):  # rank 0 holds the run's files
+            checkpoint.check_files()
+        exp = setup(config, model=model, dataset=dataset, executor_factory=executor_factory, ranks=ranks)
+        if checkpoint is not None:
+            checkpoint.check_identity(exp.identity)
+        return exp
 
     # under torchrun, an error on any rank is one line on all, and the ranks must agree on what they run
     exp = build() if ranks is None else ranks.agree(build, lambda exp: _what_ranks_share(exp, checkpoint))
-    partition_sha256 = exp.partition.meta.get("sha256")
     if checkpoint is None:
         start = Progress(0, exp.algorithm.init_server(model_state(exp.model)), {})
-    elif checkpoint.partition_sha256 != partition_sha256:
-        raise FedsimError(f"checkpoint {checkpoint.path} was made on another partition (sha256 "
-                          f"{str(checkpoint.partition_sha256)[:12]}..., now {partition_sha256[:12]}...): the "
-                          "partition file or the dataset changed; resuming needs the same split")
     else:
         start = checkpoint.progress.to(exp.device)
     if exp.privacy is not None:  # the clip norm and noise multiplier the run's rounds so far used
@@ -327,7 +330,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     trackers = Trackers(config, writer.dir, config.run_name(), None if checkpoint is None else checkpoint.round)
 
     def save(progress: Progress) -> int:
-        save_checkpoint(writer.ckpt_path, config, partition_sha256, progress)
+        save_checkpoint(writer.ckpt_path, config, exp.identity, writer.csv_state(), progress)
         return progress.round
 
     every = config.checkpoint_every
@@ -436,7 +439,7 @@ def _what_ranks_share(exp: Experiment, checkpoint: Checkpoint | None) -> dict:
     """What every torchrun rank of a run must have alike (`Ranks.agree`): where the data are read from may differ."""
     config = {k: v for k, v in exp.config.to_dict().items() if k not in ("data_dir", "download")}
     return {"config": config, "dataset": exp.dataset.fingerprint(), "partition": exp.partition.meta.get("sha256"),
-            "initial model": weights_sha256(model_state(exp.model)), "fedsim version": __version__,
+            "initial model": exp.identity.facts["initial_sha256"], "fedsim version": __version__,
             "torch version": torch.__version__, "checkpoint": None if checkpoint is None else checkpoint.round}
 
 
