@@ -267,3 +267,25 @@ def test_cli_a_sweep_with_a_changed_fixed_option_and_a_resume_onto_another_check
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "--algo is fedavg in the run's record, scaffold in its checkpoint" in done.stderr
     assert snapshot(tmp_path / "R") == before
+
+
+# the same numbers whatever the CPU threads
+
+
+def test_a_runs_numbers_do_not_depend_on_how_many_cpu_threads_compute_them(tmp_path):
+    """MKL's matrix products differ with the thread count unless fedsim's import put MKL in its strict reproducible
+    mode; the thread count is chosen by timing, and torchrun's ranks share the cores out, so without it the same run
+    (resumed, or run again) differed in the 6th digit (test_distributed's killed-rank resume, now and then)."""
+    import pandas as pd
+
+    from fedsim.metrics import TIME_COLUMNS
+
+    csvs = []
+    try:
+        for threads in (1, 2):
+            fedsim.run(Config(clients=6, dirichlet=0.5, rounds=8, quiet=True, executor="vmap", threads=threads,
+                              out_dir=str(tmp_path), name=f"t{threads}"))
+            csvs.append(pd.read_csv(tmp_path / f"t{threads}.csv").drop(columns=list(TIME_COLUMNS)))
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest.py)
+    pd.testing.assert_frame_equal(csvs[0], csvs[1], check_exact=True)
