@@ -40,7 +40,7 @@ from fedsim.metrics import CSV_COLUMNS, RunWriter, read_rows
 from fedsim.privacy import COLUMNS as PRIVACY_COLUMNS
 from fedsim.privacy import install_privacy
 from fedsim.robust.install import install_robustness
-from fedsim.tracking import Trackers, check_installed
+from fedsim.tracking import Trackers, check_tracking
 from fedsim.version import __version__
 
 
@@ -314,7 +314,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
         start = checkpoint.progress.to(exp.device)
     if exp.privacy is not None:  # the clip norm and noise multiplier the run's rounds so far used
         exp.privacy.restore(start.server, config.rounds)
-    check_installed(config.log)  # a missing tracking extra is one line, before anything is written
+    check_tracking(config)  # a missing tracking extra or an unusable MLflow URI: one line, before anything is written
     stragglers = Stragglers(config.stragglers, config.straggler_policy or exp.algorithm.straggler_policy,
                             config.client_dropout, config.local_epochs, config.local_steps, config.seed,
                             exp.partition.train_sizes, config.batch_size)
@@ -338,7 +338,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     compiled_before = compile_seconds() if config.compile else 0.0
     try:
         with stop_on_sigterm():
-            for done, row in _round_loop(exp, writer, start, stragglers):
+            for done, row in _user_errors_named(_round_loop(exp, writer, start, stragglers), config.debug):
                 if row is not None:
                     trackers.on_row(row)
                 if row is not None and on_round is not None:
@@ -433,6 +433,16 @@ def _round_loop(exp: Experiment, writer: RunWriter | None, start: Progress, stra
             row["elapsed_seconds"] = now - started
             writer.append(row)
         yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started), row
+
+
+def _user_errors_named(rounds, debug: bool):
+    """`rounds` (the round loop's), an exception raised in the user's model code (a forward that fails on its 40th
+    call) becoming one FedsimError line naming the user's file and line; the caller's own code (`on_round`) is
+    outside it."""
+    from fedsim.models import user_code_errors
+
+    with user_code_errors("training the model", debug):
+        yield from rounds
 
 
 def _what_ranks_share(exp: Experiment, checkpoint: Checkpoint | None) -> dict:

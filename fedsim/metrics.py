@@ -99,6 +99,10 @@ class RunWriter:
         self._digest = hashlib.sha256()  # of the CSV's bytes, as written
         self._lock = RunLock(self.dir, name)
         try:
+            from fedsim.files import remove_stale_temporaries
+
+            for path in (self.csv_path, self.json_path, self.ckpt_path):  # a killed run's, which nothing else removes
+                remove_stale_temporaries(path)
             if resume_round is None:
                 self._start(name, overwrite)
                 self.record = record

@@ -76,8 +76,9 @@ def _base_type(hint):
     return args[0] if args else hint
 
 
-def parse_values(name: str, text: str) -> list:
-    """The values of option `name` given as text: comma-separated, integers also as ranges A-B (both ends in)."""
+def parse_values(name: str, text: str, max_runs: int | None = None) -> list:
+    """The values of option `name` given as text: comma-separated, integers also as ranges A-B (both ends in).
+    More values than `max_runs` (the grid would have more runs) is refused before a range is expanded."""
     kind = _base_type(field_types()[name])
     values = []
     for part in _split(text):
@@ -88,6 +89,10 @@ def parse_values(name: str, text: str) -> list:
                 low, high = (int(v) for v in part.split("-"))
                 if low > high:
                     raise FedsimError(f"--{name.replace('_', '-')}: the range {part} is empty (write LOW-HIGH)")
+                if max_runs is not None and len(values) + high - low + 1 > max_runs:
+                    raise FedsimError(f"--{name.replace('_', '-')}: {text} gives {len(values) + high - low + 1:,} "
+                                      f"values or more: the sweep would have at least as many runs, more than "
+                                      f"--max-runs {max_runs:,}: narrow the grid or raise --max-runs")
                 values.extend(range(low, high + 1))
             elif kind is int:
                 values.append(int(part))
@@ -127,9 +132,15 @@ def expand(fixed: dict, grid: dict[str, list], sweep_name: str, max_runs: int = 
             raise FedsimError(f"--{key.replace('_', '-')} cannot vary in a sweep: give it one value")
         if not values:
             raise FedsimError(f"--{key.replace('_', '-')}: an empty list of values")
-        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
-        if twice is not None:
-            raise FedsimError(f"--{key.replace('_', '-')}: {format_value(twice)} is given twice")
+        if len(values) > max_runs:  # counted before the product, or a long list's checks, are formed
+            raise FedsimError(f"--{key.replace('_', '-')} has {len(values):,} values: the sweep would have at least as "
+                              f"many runs, more than --max-runs {max_runs:,}: narrow the grid or raise --max-runs")
+        seen = set()
+        for value in values:
+            key_of = json.dumps(value, default=str)
+            if key_of in seen:
+                raise FedsimError(f"--{key.replace('_', '-')}: {format_value(value)} is given twice")
+            seen.add(key_of)
     single = {k: v[0] for k, v in grid.items() if len(v) == 1}
     varying = {k: v for k, v in grid.items() if len(v) > 1}
     base = {**fixed, **single}
@@ -356,6 +367,10 @@ def run_sweep(runs: list[SweepRun], sweep_name: str, out_dir: str, overwrite: bo
     # the same sweep started twice: the second is refused before it writes anything (its runs would be too)
     lock = RunLock(out, sweep_name, kind="sweep") if ranks is None or ranks.lead else None
     try:
+        if lock is not None:
+            from fedsim.files import remove_stale_temporaries
+
+            remove_stale_temporaries(sweep_file)  # a killed sweep's
         return _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, overwrite, on_change)
     finally:
         if lock is not None:
@@ -414,20 +429,24 @@ def _loading_key(config: Config) -> str:
 
 def _set_up_each(runs: list[SweepRun], datasets: dict) -> list:
     """Every run set up as it will be when it starts (`fedsim.experiment.setup`: its data, partition, model,
-    algorithm, robust aggregation, privacy and executor), before any run trains, so a value wrong for one run
-    stops the sweep before the others write anything; returns the runs' identities (fedsim/identity.py).
+    algorithm, robust aggregation, privacy and executor; its trackers), before any run trains, so a value wrong for
+    one run stops the sweep before the others write anything; returns the runs' identities (fedsim/identity.py).
     `datasets` gets each loaded dataset, by `_loading_key`, for the runs to train on."""
     import dataclasses as dc
 
     from fedsim.experiment import load_config_dataset, setup
+    from fedsim.tracking import check_tracking
 
-    identities = []
+    identities, tracking = [], set()
     for run in runs:
         try:
             loading = _loading_key(run.config)
             if loading not in datasets:
                 datasets[loading] = dc.replace(load_config_dataset(run.config), name=run.config.dataset)
             identities.append(setup(run.config, dataset=datasets[loading]).identity)
+            if (run.config.log, run.config.mlflow_uri) not in tracking:
+                check_tracking(run.config)
+                tracking.add((run.config.log, run.config.mlflow_uri))
         except FedsimError as e:
             raise FedsimError(f"run {run.name}: {e}") from None
     return identities
