@@ -35,7 +35,7 @@ from fedsim.engine.round import run_round
 from fedsim.engine.stragglers import Stragglers
 from fedsim.engine.threads import cpu_count
 from fedsim.errors import DivergenceError, FedsimError
-from fedsim.identity import RunIdentity, run_identity, weights_sha256
+from fedsim.identity import RunIdentity, identity_of
 from fedsim.metrics import CSV_COLUMNS, RunWriter, read_rows
 from fedsim.privacy import COLUMNS as PRIVACY_COLUMNS
 from fedsim.privacy import install_privacy
@@ -69,9 +69,7 @@ class Experiment:
         """The run's identity (fedsim/identity.py): its options, data, partition, initial model and fedsim's
         numeric version; `identity.sha256` names the run. Read before training: the model holds its initial
         weights until then."""
-        model_class = f"{type(self.model).__module__}.{type(self.model).__qualname__}"
-        return run_identity(self.config, self.dataset.fingerprint(), self.partition.meta.get("sha256"), model_class,
-                            weights_sha256(model_state(self.model)))
+        return identity_of(self.config, self.dataset, self.partition, self.model)
 
 
 def setup(config: Config, model=None, dataset=None, executor_factory=make_executor, ranks=None) -> Experiment:

@@ -96,6 +96,16 @@ def run_identity(config, dataset_sha256: str, partition_sha256: str, model_class
     return RunIdentity(_plain(facts))
 
 
+def identity_of(config, dataset, partition, model) -> RunIdentity:
+    """The identity of a run of `config` on a fedsim Dataset, a Partition and its initial model (an nn.Module
+    holding its initial weights): `run_identity` of their hashes. Usable inside setup, before the Experiment."""
+    from fedsim.core.state import model_state
+
+    model_class = f"{type(model).__module__}.{type(model).__qualname__}"
+    return run_identity(config, dataset.fingerprint(), partition.meta.get("sha256"), model_class,
+                        weights_sha256(model_state(model)))
+
+
 def weights_sha256(state: dict) -> str:
     """A hash of a model's state (names, shapes, dtypes and values), to tell initial models apart."""
     import torch
