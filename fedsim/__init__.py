@@ -8,7 +8,15 @@
 Heavy modules (torch) load on first use, so `fedsim --help` stays fast.
 """
 
+import os
+
 from fedsim.version import __version__
+
+# Intel MKL's matrix products are bitwise the same whatever the number of threads only in its strict conditional
+# numerical reproducibility mode. Without it a run's numbers depend on torch's CPU threads, which fedsim chooses by
+# timing (engine/threads.py) and torchrun's ranks share out, so the same run, resumed or run again, could differ in
+# the 6th digit. MKL reads this before its first product (set after that, it does nothing); a user's value is kept.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __all__ = ["Config", "Dataset", "run", "load_checkpoint", "load_partition", "load_dataset", "build_partition",
            "__version__"]

@@ -64,4 +64,20 @@ def main() -> None:
         code = e.exit_code
     except KeyboardInterrupt:  # Ctrl-C outside a training run
         code = 130
+    _exit_at_once_on_ctrl_c(code or 0)
     sys.exit(code or 0)
+
+
+def _exit_at_once_on_ctrl_c(code: int) -> None:
+    """The command is done: a further Ctrl-C (a second press right after the first) ends the process with `code`
+    at once, instead of interrupting Python's shutdown ("Exception ignored in atexit callback")."""
+    import os
+    import signal
+    import sys
+
+    def leave(signum, frame):
+        os._exit(code)
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, leave)

@@ -27,6 +27,7 @@ from fedsim.privacy.options import check_options as check_privacy_options
 from fedsim.privacy.options import enabled as privacy_enabled
 from fedsim.robust import check_options as check_robust_options
 from fedsim.robust.aggregators import SUMMED_ONLY as ROBUST_SUMMED_ONLY
+from fedsim.tracking import check_options as check_tracking_options
 
 EXECUTORS = ("auto", "sequential", "vmap")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -195,12 +196,16 @@ class GeneralOptions:
                               "--out-dir chooses the folder")
         if self.nesterov and self.momentum <= 0:
             raise FedsimError("--nesterov needs --momentum > 0")
+        if self.stragglers == 1 and (self.straggler_policy or algorithm_class(self.algo).straggler_policy) == "drop":
+            raise FedsimError("--stragglers 1 under --straggler-policy drop leaves every client out of every round, "
+                              "so nothing would train: lower --stragglers, or use --straggler-policy partial")
         algorithm_class(self.algo).check_config(self)
         check_robust_options(self)
         check_privacy_options(self)
         problem = refusal(self.algo, algorithm_class(self.algo).sends, self.channel_users())
         if problem:
             raise FedsimError(problem)
+        check_tracking_options(self.log, self.mlflow_uri)
         self.scheme  # noqa: B018  (raises on two schemes at once)
         self.image_hw()
 

@@ -6,6 +6,7 @@ docs/architecture.md for the layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -34,11 +35,12 @@ from fedsim.engine.round import run_round
 from fedsim.engine.stragglers import Stragglers
 from fedsim.engine.threads import cpu_count
 from fedsim.errors import DivergenceError, FedsimError
+from fedsim.identity import RunIdentity, identity_of
 from fedsim.metrics import CSV_COLUMNS, RunWriter, read_rows
 from fedsim.privacy import COLUMNS as PRIVACY_COLUMNS
 from fedsim.privacy import install_privacy
 from fedsim.robust.install import install_robustness
-from fedsim.tracking import Trackers, check_installed
+from fedsim.tracking import Trackers, check_tracking
 from fedsim.version import __version__
 
 
@@ -61,6 +63,13 @@ class Experiment:
 
     def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
+
+    @functools.cached_property
+    def identity(self) -> RunIdentity:
+        """The run's identity (fedsim/identity.py): its options, data, partition, initial model and fedsim's
+        numeric version; `identity.sha256` names the run. Read before training: the model holds its initial
+        weights until then."""
+        return identity_of(self.config, self.dataset, self.partition, self.model)
 
 
 def setup(config: Config, model=None, dataset=None, executor_factory=make_executor, ranks=None) -> Experiment:
@@ -215,16 +224,6 @@ def evaluate(exp: Experiment, server, store, round: int, lr: float) -> dict:
     }
 
 
-def weights_sha256(state: dict) -> str:
-    """A hash of a model's state (names, shapes, dtypes and values), to tell initial models apart."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def run_record(exp: Experiment) -> dict:
     meta = exp.partition.meta
     return {
@@ -233,6 +232,7 @@ def run_record(exp: Experiment) -> dict:
         "device": str(exp.device),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": exp.config.to_dict(),
+        "identity": exp.identity.to_dict(),
         "dataset": {"name": exp.dataset.name, "sha256": exp.dataset.fingerprint(),
                     "train": len(exp.dataset.y_train), "test": len(exp.dataset.y_test),
                     "classes": exp.dataset.num_classes},
@@ -241,7 +241,7 @@ def run_record(exp: Experiment) -> dict:
                       "file": exp.config.partition},
         "model": {"name": exp.config.model, "class": type(exp.model).__qualname__,
                   "parameters": sum(p.numel() for p in exp.model.parameters()),
-                  "initial_sha256": weights_sha256(model_state(exp.model))},
+                  "initial_sha256": exp.identity.facts["initial_sha256"]},
         "executor": {"name": exp.executor.name, "reason": getattr(exp.executor, "reason", ""),
                      "threads": exp.executor.threads.describe()},
         **({} if exp.malicious is None else {"malicious_clients": exp.malicious.tolist()}),
@@ -287,6 +287,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
         config = checkpoint.resumed_config(overrides)
         config.validate()
         if checkpoint.round >= config.rounds:
+            checkpoint.check_files()
             return pd.DataFrame(read_rows(checkpoint.path.with_suffix(".csv"), checkpoint.round)[1])
     if dataset is not None:
         config = dataclasses.replace(config, dataset=dataset.name)
@@ -296,22 +297,22 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     ranks = distributed.join(resolve_device(config.device).type) if share_cohort else None
 
     def build() -> Experiment:
-        return setup(config, model=model, dataset=dataset, executor_factory=executor_factory, ranks=ranks)
+        if checkpoint is not None and (ranks is None or ranks.lead):  # rank 0 holds the run's files
+            checkpoint.check_files()
+        exp = setup(config, model=model, dataset=dataset, executor_factory=executor_factory, ranks=ranks)
+        if checkpoint is not None:
+            checkpoint.check_identity(exp.identity)
+        return exp
 
     # under torchrun, an error on any rank is one line on all, and the ranks must agree on what they run
     exp = build() if ranks is None else ranks.agree(build, lambda exp: _what_ranks_share(exp, checkpoint))
-    partition_sha256 = exp.partition.meta.get("sha256")
     if checkpoint is None:
         start = Progress(0, exp.algorithm.init_server(model_state(exp.model)), {})
-    elif checkpoint.partition_sha256 != partition_sha256:
-        raise FedsimError(f"checkpoint {checkpoint.path} was made on another partition (sha256 "
-                          f"{str(checkpoint.partition_sha256)[:12]}..., now {partition_sha256[:12]}...): the "
-                          "partition file or the dataset changed; resuming needs the same split")
     else:
         start = checkpoint.progress.to(exp.device)
     if exp.privacy is not None:  # the clip norm and noise multiplier the run's rounds so far used
         exp.privacy.restore(start.server, config.rounds)
-    check_installed(config.log)  # a missing tracking extra is one line, before anything is written
+    check_tracking(config)  # a missing tracking extra or an unusable MLflow URI: one line, before anything is written
     stragglers = Stragglers(config.stragglers, config.straggler_policy or exp.algorithm.straggler_policy,
                             config.client_dropout, config.local_epochs, config.local_steps, config.seed,
                             exp.partition.train_sizes, config.batch_size)
@@ -327,7 +328,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     trackers = Trackers(config, writer.dir, config.run_name(), None if checkpoint is None else checkpoint.round)
 
     def save(progress: Progress) -> int:
-        save_checkpoint(writer.ckpt_path, config, partition_sha256, progress)
+        save_checkpoint(writer.ckpt_path, config, exp.identity, writer.csv_state(), progress)
         return progress.round
 
     every = config.checkpoint_every
@@ -335,7 +336,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     compiled_before = compile_seconds() if config.compile else 0.0
     try:
         with stop_on_sigterm():
-            for done, row in _round_loop(exp, writer, start, stragglers):
+            for done, row in _user_errors_named(_round_loop(exp, writer, start, stragglers), config.debug):
                 if row is not None:
                     trackers.on_row(row)
                 if row is not None and on_round is not None:
@@ -432,11 +433,21 @@ def _round_loop(exp: Experiment, writer: RunWriter | None, start: Progress, stra
         yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started), row
 
 
+def _user_errors_named(rounds, debug: bool):
+    """`rounds` (the round loop's), an exception raised in the user's model code (a forward that fails on its 40th
+    call) becoming one FedsimError line naming the user's file and line; the caller's own code (`on_round`) is
+    outside it."""
+    from fedsim.models import user_code_errors
+
+    with user_code_errors("training the model", debug):
+        yield from rounds
+
+
 def _what_ranks_share(exp: Experiment, checkpoint: Checkpoint | None) -> dict:
     """What every torchrun rank of a run must have alike (`Ranks.agree`): where the data are read from may differ."""
     config = {k: v for k, v in exp.config.to_dict().items() if k not in ("data_dir", "download")}
     return {"config": config, "dataset": exp.dataset.fingerprint(), "partition": exp.partition.meta.get("sha256"),
-            "initial model": weights_sha256(model_state(exp.model)), "fedsim version": __version__,
+            "initial model": exp.identity.facts["initial_sha256"], "fedsim version": __version__,
             "torch version": torch.__version__, "checkpoint": None if checkpoint is None else checkpoint.round}
 
 

@@ -31,6 +31,18 @@ def write_atomically(path: Path, write: Callable[[Path], None], what: str, hint:
         raise
 
 
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files `write_atomically` left beside `path` in processes that were killed (kill -9 lets
+    no cleanup run). Only a holder of `path`'s lock may call it: no live process then writes `path`."""
+    import glob
+
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def torch_save(obj, path: Path) -> None:
     """`torch.save(obj, path)`, raising a failed write (a full disk) as the OSError it is: torch turns one
     into a RuntimeError that gives no reason ("unexpected pos ..."), which `write_atomically` cannot tell

@@ -27,7 +27,9 @@ Columns, one row per evaluated round (accuracies are fractions in [0, 1]):
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 
 from fedsim.errors import FedsimError
 
@@ -56,6 +58,16 @@ TIME_COLUMNS = ("round_seconds", "elapsed_seconds")
 INT_COLUMNS = ("round", "clients", "bytes_up", "bytes_down", "malicious", "stragglers", "dropped")
 
 
+@dataclass(frozen=True)
+class CsvState:
+    """A run's CSV as a checkpoint saw it: the sha256 of its bytes (the header and the rows through the checkpoint's
+    round), how many rows, and the last row's round (None: no row yet)."""
+
+    sha256: str
+    rows: int
+    last_round: int | None
+
+
 class RunWriter:
     """Writes `<name>.csv` (whole rows, flushed every round) and the run record `<name>.json`; names the
     checkpoint `<name>.ckpt` beside them (fedsim.checkpoint writes it).
@@ -63,6 +75,10 @@ class RunWriter:
     `resume_round`: continue the run's files from its checkpoint after that round: the CSV keeps its rows up
     to it (the later ones will be computed again, identically), and the record its start time and a list
     of resumes. `rows` holds every row of the run, the kept ones included.
+
+    `csv_state()` is the CSV as written so far (the sha256 of its bytes, its rows, its last round), which a
+    checkpoint records; the record gets the CSV's sha256 when the run ends (`csv_sha256`): both prove later that
+    the CSV is the run's (fedsim/identity.py).
 
     The writer holds a lock on the run's name (`<out_dir>/.<name>.lock`) from construction to `close()`,
     taken before anything is removed or truncated: a second run of the same name, even with --overwrite,
@@ -80,8 +96,13 @@ class RunWriter:
         self.ckpt_path = self.dir / f"{name}.ckpt"
         self._write_failed = False
         self._csv = None
+        self._digest = hashlib.sha256()  # of the CSV's bytes, as written
         self._lock = RunLock(self.dir, name)
         try:
+            from fedsim.files import remove_stale_temporaries
+
+            for path in (self.csv_path, self.json_path, self.ckpt_path):  # a killed run's, which nothing else removes
+                remove_stale_temporaries(path)
             if resume_round is None:
                 self._start(name, overwrite)
                 self.record = record
@@ -114,6 +135,7 @@ class RunWriter:
         lines, self.rows = read_rows(self.csv_path, resume_round, self.columns)
         text = "".join(line + "\n" for line in [",".join(self.columns), *lines])
         write_atomically(self.csv_path, lambda tmp: tmp.write_text(text), "run CSV", "; choose --out-dir")
+        self._digest.update(text.encode())
         try:
             self._csv = open(self.csv_path, "ab", buffering=0)  # noqa: SIM115 (kept open for the run)
         except OSError as e:
@@ -131,8 +153,10 @@ class RunWriter:
         data = memoryview((line + "\n").encode())
         size = self._csv.tell()  # the file's end: it is opened to append, or new
         try:
+            whole = bytes(data)
             while data:
                 data = data[self._csv.write(data):]
+            self._digest.update(whole)
         except BaseException as e:
             self._write_failed = True
             try:
@@ -144,6 +168,10 @@ class RunWriter:
                 raise  # Ctrl-C or SIGTERM between two parts of a row: cut back all the same
             raise FedsimError(f"cannot write run CSV {self.csv_path}: {e.strerror or e}; {kept}; free space, then "
                               f"continue with `fedsim train --resume {self.csv_path}`") from None
+
+    def csv_state(self) -> CsvState:
+        """The CSV as written so far, for a checkpoint."""
+        return CsvState(self._digest.hexdigest(), len(self.rows), self.rows[-1]["round"] if self.rows else None)
 
     def write_record(self) -> None:
         import json
@@ -163,6 +191,8 @@ class RunWriter:
                 self.record["status_detail"] = detail
             if summary is not None:
                 self.record["summary"] = summary
+            if not self._write_failed:
+                self.record["csv_sha256"] = self._digest.hexdigest()
             self.write_record()
         except FedsimError:
             if not self._write_failed:
@@ -245,6 +275,41 @@ def read_rows(path, through_round: int, columns: list[str] | None = None) -> tup
         return kept, [_parse(line, columns) for line in kept]
     except ValueError:
         raise FedsimError(f"{path} has a damaged row; it cannot be resumed") from None
+
+
+def csv_state(path, through_round: int) -> CsvState:
+    """The run CSV at `path` as a checkpoint after round `through_round` would have seen it."""
+    kept, rows = read_rows(path, through_round)
+    header = path.read_text().split("\n", 1)[0]
+    text = "".join(line + "\n" for line in [header, *kept])
+    return CsvState(hashlib.sha256(text.encode()).hexdigest(), len(rows), rows[-1]["round"] if rows else None)
+
+
+def file_sha256(path) -> str | None:
+    """The sha256 of a file's bytes; None where it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def read_record(path) -> dict | None:
+    """A run record's contents; None where it is missing or not a JSON object."""
+    import json
+
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_record_identity(path):
+    """The run identity a run record holds (fedsim.identity.RunIdentity); None where it holds none."""
+    from fedsim.identity import RunIdentity
+
+    record = read_record(path)
+    return None if record is None else RunIdentity.from_dict(record.get("identity"))
 
 
 def _parse(line: str, columns: list[str]) -> dict:

@@ -76,8 +76,9 @@ def _base_type(hint):
     return args[0] if args else hint
 
 
-def parse_values(name: str, text: str) -> list:
-    """The values of option `name` given as text: comma-separated, integers also as ranges A-B (both ends in)."""
+def parse_values(name: str, text: str, max_runs: int | None = None) -> list:
+    """The values of option `name` given as text: comma-separated, integers also as ranges A-B (both ends in).
+    More values than `max_runs` (the grid would have more runs) is refused before a range is expanded."""
     kind = _base_type(field_types()[name])
     values = []
     for part in _split(text):
@@ -88,6 +89,10 @@ def parse_values(name: str, text: str) -> list:
                 low, high = (int(v) for v in part.split("-"))
                 if low > high:
                     raise FedsimError(f"--{name.replace('_', '-')}: the range {part} is empty (write LOW-HIGH)")
+                if max_runs is not None and len(values) + high - low + 1 > max_runs:
+                    raise FedsimError(f"--{name.replace('_', '-')}: {text} gives {len(values) + high - low + 1:,} "
+                                      f"values or more: the sweep would have at least as many runs, more than "
+                                      f"--max-runs {max_runs:,}: narrow the grid or raise --max-runs")
                 values.extend(range(low, high + 1))
             elif kind is int:
                 values.append(int(part))
@@ -127,9 +132,15 @@ def expand(fixed: dict, grid: dict[str, list], sweep_name: str, max_runs: int = 
             raise FedsimError(f"--{key.replace('_', '-')} cannot vary in a sweep: give it one value")
         if not values:
             raise FedsimError(f"--{key.replace('_', '-')}: an empty list of values")
-        twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
-        if twice is not None:
-            raise FedsimError(f"--{key.replace('_', '-')}: {format_value(twice)} is given twice")
+        if len(values) > max_runs:  # counted before the product, or a long list's checks, are formed
+            raise FedsimError(f"--{key.replace('_', '-')} has {len(values):,} values: the sweep would have at least as "
+                              f"many runs, more than --max-runs {max_runs:,}: narrow the grid or raise --max-runs")
+        seen = set()
+        for value in values:
+            key_of = json.dumps(value, default=str)
+            if key_of in seen:
+                raise FedsimError(f"--{key.replace('_', '-')}: {format_value(value)} is given twice")
+            seen.add(key_of)
     single = {k: v[0] for k, v in grid.items() if len(v) == 1}
     varying = {k: v for k, v in grid.items() if len(v) > 1}
     base = {**fixed, **single}
@@ -351,20 +362,27 @@ def run_sweep(runs: list[SweepRun], sweep_name: str, out_dir: str, overwrite: bo
     out = Path(out_dir)
     sweep_file = out / f"{sweep_name}.sweep.json"
     ranks = distributed.join(resolve_device(runs[0].config.device).type) if runs else None
+    datasets: dict[str, object] = {}  # by _loading_key: the data are loaded once
+    identities = _set_up_each(runs, datasets)  # before the lock: a sweep refused here leaves no folder behind
     # the same sweep started twice: the second is refused before it writes anything (its runs would be too)
     lock = RunLock(out, sweep_name, kind="sweep") if ranks is None or ranks.lead else None
     try:
-        return _run_sweep(runs, sweep_name, out, sweep_file, ranks, overwrite, on_change)
+        if lock is not None:
+            from fedsim.files import remove_stale_temporaries
+
+            remove_stale_temporaries(sweep_file)  # a killed sweep's
+        return _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, overwrite, on_change)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_sweep(runs, sweep_name, out, sweep_file, ranks, overwrite, on_change) -> list[SweepRun]:
+def _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, overwrite,
+               on_change) -> list[SweepRun]:
     from fedsim.engine import distributed
     from fedsim.experiment import load_config_dataset, stop_on_sigterm
 
-    plans = [_plan(run, out, overwrite) for run in runs]
+    plans = [_plan(run, identity, out, overwrite) for run, identity in zip(runs, identities, strict=True)]
     if ranks is not None:  # every rank planned from the same files: nothing is written before all have
         ranks.all_gather(None, "the sweep's start")
     lead = ranks is None or ranks.lead  # rank 0 writes the sweep file and reports
@@ -384,7 +402,6 @@ def _run_sweep(runs, sweep_name, out, sweep_file, ranks, overwrite, on_change) -
         notify(runs)
 
     changed()
-    datasets: dict[str, object] = {}
     try:
         with stop_on_sigterm():
             for (_, _, loading), members in stacks:
@@ -410,25 +427,78 @@ def _loading_key(config: Config) -> str:
                       default=str)
 
 
-def _plan(run: SweepRun, out: Path, overwrite: bool) -> tuple[object, int] | None:
-    """How to start `run`: None (already finished), or (the checkpoint to resume from or None, its round)."""
-    from fedsim.checkpoint import load_checkpoint
+def _set_up_each(runs: list[SweepRun], datasets: dict) -> list:
+    """Every run set up as it will be when it starts (`fedsim.experiment.setup`: its data, partition, model,
+    algorithm, robust aggregation, privacy and executor; its trackers), before any run trains, so a value wrong for
+    one run stops the sweep before the others write anything; returns the runs' identities (fedsim/identity.py).
+    `datasets` gets each loaded dataset, by `_loading_key`, for the runs to train on."""
+    import dataclasses as dc
 
-    record, ckpt = out / f"{run.name}.json", out / f"{run.name}.ckpt"
-    if overwrite:
+    from fedsim.experiment import load_config_dataset, setup
+    from fedsim.tracking import check_tracking
+
+    identities, tracking = [], set()
+    for run in runs:
+        try:
+            loading = _loading_key(run.config)
+            if loading not in datasets:
+                datasets[loading] = dc.replace(load_config_dataset(run.config), name=run.config.dataset)
+            identities.append(setup(run.config, dataset=datasets[loading]).identity)
+            if (run.config.log, run.config.mlflow_uri) not in tracking:
+                check_tracking(run.config)
+                tracking.add((run.config.log, run.config.mlflow_uri))
+        except FedsimError as e:
+            raise FedsimError(f"run {run.name}: {e}") from None
+    return identities
+
+
+# how a sweep's refusal to use files of another run ends
+_START_OVER = "nothing was changed; pass --overwrite to train the sweep's runs anew, or choose another --name"
+
+
+def _plan(run: SweepRun, identity, out: Path, overwrite: bool) -> tuple[object, int] | None:
+    """How to start `run`, whose identity is `identity`: None (already finished), or (the checkpoint to resume from
+    or None, its round). Files of the run's name are used only if they are this run's: their identity (the
+    record's, the checkpoint's) equal to `identity`, and the CSV the one they were written with; else one
+    FedsimError line, nothing changed."""
+    from fedsim.checkpoint import load_checkpoint
+    from fedsim.identity import RunIdentity
+    from fedsim.metrics import file_sha256, read_record
+
+    files = {suffix: out / f"{run.name}{suffix}" for suffix in (".csv", ".json", ".ckpt")}
+    if overwrite or not any(path.exists() for path in files.values()):
         return None, 0
-    try:
-        done = json.loads(record.read_text())
-        summary = done.get("summary", {})
-        if done.get("status") == "finished" and summary.get("rounds_completed", 0) >= run.config.rounds:
-            run.status, run.round = "finished", summary["rounds_completed"]
-            return None
-    except (OSError, ValueError):
-        pass
-    if ckpt.exists():
-        checkpoint = load_checkpoint(ckpt, str(out))
+
+    def refuse(why: str) -> FedsimError:
+        return FedsimError(f"run {run.name} in {out}/ {why}; {_START_OVER}")
+
+    record = read_record(files[".json"]) or {}
+    recorded = RunIdentity.from_dict(record.get("identity"))
+    differs = recorded.difference(identity, "its record", "this sweep") if recorded is not None else None
+    if differs is not None:
+        raise refuse(f"is another run: {differs}")
+    summary = record.get("summary") if isinstance(record.get("summary"), dict) else {}
+    completed = summary.get("rounds_completed", 0)
+    if recorded is not None and record.get("status") == "finished" and completed >= run.config.rounds:
+        if file_sha256(files[".csv"]) != record.get("csv_sha256"):
+            raise refuse("is finished, but its CSV is not the one its record was written with (missing, another "
+                         "run's, or edited)")
+        run.status, run.round = "finished", completed
+        return None
+    if files[".ckpt"].exists():
+        try:
+            checkpoint = load_checkpoint(files[".ckpt"])
+            checkpoint.check_files()
+        except FedsimError as e:
+            raise FedsimError(f"run {run.name}: {e}") from None
+        differs = checkpoint.identity.difference(identity, "its checkpoint", "this sweep")
+        if differs is not None:
+            raise refuse(f"is another run: {differs}")
         return checkpoint, checkpoint.round
-    return None, 0
+    if recorded is None:
+        raise refuse("has files that do not say which run they are (its record holds no run identity: written by "
+                     "an earlier fedsim, or missing)")
+    return None, 0  # this run, stopped before its first checkpoint: it starts over
 
 
 def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Callable[[], None],

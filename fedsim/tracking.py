@@ -12,7 +12,8 @@ run's files are closed. Both use the libraries' own writers:
   its MLflow run by that tag and logs only rounds after the last one logged.
 
 Both are optional extras (`pip install 'fedsim[tensorboard]'`, `'fedsim[mlflow]'`); without them `--log` is one
-line saying which to install, before anything is written.
+line saying which to install, before anything is written, and so is a tracking URI MLflow cannot use
+(`check_tracking`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ def requested(log: str | None) -> list[str]:
     return names
 
 
+def check_options(log: str | None, mlflow_uri: str | None) -> None:
+    """The --log names known, and --mlflow-uri given only with --log mlflow (it would be ignored)."""
+    if mlflow_uri is not None and "mlflow" not in requested(log):
+        raise FedsimError("--mlflow-uri is where --log mlflow logs: add --log mlflow, or leave --mlflow-uri out")
+
+
 def check_installed(log: str | None) -> None:
     """One line naming the extra to install when a requested tracker's library is missing."""
     import importlib.util
@@ -45,6 +52,31 @@ def check_installed(log: str | None) -> None:
     for name in requested(log):
         if importlib.util.find_spec(name) is None:
             raise FedsimError(f"--log {name} needs the {name} package: pip install 'fedsim[{_EXTRAS[name]}]'")
+
+
+def check_tracking(config) -> None:
+    """Before a run writes anything: its trackers' libraries are installed and MLflow's tracking URI is one MLflow
+    can use (an unknown scheme, a server that does not answer): one FedsimError line otherwise."""
+    check_installed(config.log)
+    if "mlflow" in requested(config.log):
+        uri = _mlflow_uri(config)
+        try:
+            _mlflow_client(uri).get_experiment_by_name("fedsim")
+        except Exception as e:  # MlflowException, a refused connection, ...: each means the URI cannot be used
+            reason = " ".join(str(e).split())[:200]
+            raise FedsimError(f"--mlflow-uri {uri}: MLflow cannot log there ({type(e).__name__}: {reason})") from None
+
+
+def _mlflow_uri(config) -> str:
+    return config.mlflow_uri or Path("mlruns").resolve().as_uri()
+
+
+def _mlflow_client(uri: str):
+    from mlflow import MlflowClient
+
+    if uri.startswith("file:"):  # MLflow 3 keeps the file store behind this opt-out (it suggests sqlite)
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MlflowClient(tracking_uri=uri)
 
 
 class Trackers:
@@ -98,12 +130,7 @@ class TensorBoardTracker:
 
 class MlflowTracker:
     def __init__(self, config, csv_path: Path, name: str, resume_round: int | None):
-        from mlflow import MlflowClient
-
-        uri = config.mlflow_uri or Path("mlruns").resolve().as_uri()
-        if uri.startswith("file:"):  # MLflow 3 keeps the file store behind this opt-out (it suggests sqlite)
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = _mlflow_client(_mlflow_uri(config))
         experiment = self.client.get_experiment_by_name("fedsim")
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment("fedsim")
         key = str(csv_path.resolve())

@@ -147,7 +147,7 @@ def _truncate(path):
     ([], lambda d: _truncate(d / "s.ckpt"), "s.ckpt is damaged"),
     ([], lambda d: (d / "s.ckpt").unlink(), "no checkpoint for run 's'"),
     ([], lambda d: (d / "s.csv").unlink(), "s.csv is missing"),
-    (["--partition", "{dir}/other.fsp"], None, "another partition"),  # --partition may name a copy, not this
+    (["--partition", "{dir}/other.fsp"], None, "the partition (sha256 of its split) is"),  # a copy may, not this
 ])
 def test_cli_resume_refusals_are_one_line_exit_2_and_touch_nothing(tmp_path, stopped_run, args, damage, needle):
     shutil.copytree(stopped_run, tmp_path, dirs_exist_ok=True)

@@ -244,12 +244,13 @@ def test_a_checkpoint_on_a_full_disk_is_one_error_line_and_no_file(tmp_path, mon
     from fedsim.checkpoint import Progress, save_checkpoint
     from fedsim.config import Config
     from fedsim.core.hooks import ServerState
+    from fedsim.identity import RunIdentity
 
     real_open = open
     monkeypatch.setattr(files, "open", lambda path, mode: real_open("/dev/full", mode), raising=False)
     progress = Progress(1, ServerState({"w": torch.zeros(10_000)}, {}), {})
     with pytest.raises(FedsimError, match=r"cannot write checkpoint .*x\.ckpt: No space left on device"):
-        save_checkpoint(tmp_path / "x.ckpt", Config(), None, progress)
+        save_checkpoint(tmp_path / "x.ckpt", Config(), RunIdentity({}), metrics.CsvState("", 0, None), progress)
     assert list(tmp_path.iterdir()) == []
 
 

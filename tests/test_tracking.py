@@ -15,8 +15,9 @@ runner = CliRunner()
 
 
 def small(tmp_path, **kw):
-    base = dict(rounds=3, clients=4, local_steps=3, out_dir=str(tmp_path / "runs"), quiet=True, name="t",
-                mlflow_uri=(tmp_path / "mlruns").as_uri())
+    base = dict(rounds=3, clients=4, local_steps=3, out_dir=str(tmp_path / "runs"), quiet=True, name="t")
+    if "mlflow" in (kw.get("log") or ""):  # --mlflow-uri goes with --log mlflow only
+        base["mlflow_uri"] = (tmp_path / "mlruns").as_uri()
     return Config(**{**base, **kw})
 
 

@@ -11,7 +11,8 @@ import typer
 def stderr_console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    # no emoji codes: "--model mymodels:X: ..." must not print a cross mark
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 @contextmanager

@@ -49,6 +49,8 @@ def sweep(
     runs), each run's files as `fedsim train` writes them, runs that differ only in seeds, partition, learning
     rate, momentum, weight decay or a per-client option (FedProx's mu) trained together. Re-running the same
     command skips finished runs and resumes stopped ones."""
+    from rich.markup import escape
+
     from fedsim import sweep as lib
     from fedsim.config import Config
     from fedsim.engine.distributed import launch, process_rank
@@ -59,6 +61,12 @@ def sweep(
             raise FedsimError(f"--nproc must be >= 1 (got {nproc})")
         if "," in out_dir:
             raise FedsimError(f"--out-dir cannot vary in a sweep: give one folder (got {out_dir!r})")
+        if name is not None and "," in name:
+            raise FedsimError(f"--name cannot vary in a sweep: give one name, which starts every run's (got {name!r})")
+        if plot is not None:  # checked before anything trains, not after the whole sweep
+            from fedsim.compare.plot import check_plot_path
+
+            check_plot_path(plot)
         fixed, grid = lib.grid_from_toml(config) if config is not None else ({}, {})
         for key, value in ctx.params.items():
             if key in SWEEP_ONLY or not from_command_line(ctx, key):
@@ -68,7 +76,7 @@ def sweep(
             elif key == "betas":
                 fixed[key] = tuple(value)
             else:
-                grid[key] = lib.parse_values(key, value)
+                grid[key] = lib.parse_values(key, value, max_runs)
         fixed.update(out_dir=out_dir, quiet=True)
         dataset = grid["dataset"][0] if len(grid.get("dataset", [])) == 1 else fixed.get("dataset", Config.dataset)
         sweep_name = name or f"{Config(dataset=dataset).dataset_label()}-sweep"
@@ -89,8 +97,8 @@ def sweep(
             return
         _print_results(runs, plot)
         bad = [r for r in runs if r.status in ("diverged", "failed")]
-        for run in bad:
-            stderr_console().print(f"[bold red]{run.status}:[/] {run.name}: {run.detail}")
+        for run in bad:  # escaped: a detail such as pip install 'fedsim[tensorboard]' is not markup
+            stderr_console().print(f"[bold red]{run.status}:[/] {escape(run.name)}: {escape(run.detail)}")
         if bad:
             raise typer.Exit(3)
 

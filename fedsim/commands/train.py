@@ -268,11 +268,14 @@ train = _with_algorithm_options(train)
 def _show_split(cfg) -> None:
     from rich.console import Console
 
-    from fedsim.data.datasets import load_dataset
-    from fedsim.models import build_model, describe_split, find_head
+    from fedsim.experiment import load_config_dataset
+    from fedsim.models import build_model, describe_split, find_head, resolve_model
 
-    ds = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
-    model = build_model(cfg.model, ds.input_shape, ds.num_classes, pretrained=cfg.pretrained)
+    ds = load_config_dataset(cfg)  # as training loads it: --normalize, --image-size, ... included
+    if ":" in cfg.model:  # the user's own, package.module:attr, resolved as training resolves it
+        model = resolve_model(cfg.model, ds.input_shape, ds.num_classes, input_dtype=ds.x_train.dtype, debug=cfg.debug)
+    else:
+        model = build_model(cfg.model, ds.input_shape, ds.num_classes, pretrained=cfg.pretrained)
     Console().print(describe_split(model, find_head(model, cfg.head)))
 
 

@@ -25,6 +25,21 @@ def curve(group: Group, metric: str, x: str = "round") -> pd.DataFrame:
     return stats
 
 
+def check_plot_path(path: str | Path) -> Path:
+    """`path` as a Path, if a plot can be written there: its folder exists and matplotlib writes its extension's
+    format (no extension: PNG); else one FedsimError line. A sweep checks this before it trains."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FedsimError(f"cannot write {path}: directory {path.parent} does not exist")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix and path.suffix[1:].lower() not in formats:
+        raise FedsimError(f"cannot write {path}: {path.suffix} is not an image format matplotlib writes; use one of "
+                          f"{', '.join('.' + f for f in sorted(formats))}")
+    return path
+
+
 def plot_curves(summary: Summary, path: str | Path, x: str = "round") -> Path:
     """Write `metric` vs round (or elapsed time) per group to an image: the mean over seeds as a
     line (dotted where not every seed has the round), ± sample std as a band (where at least two
@@ -35,9 +50,7 @@ def plot_curves(summary: Summary, path: str | Path, x: str = "round") -> Path:
 
     if x not in ("round", "time"):
         raise FedsimError(f"--x must be round or time, not {x!r}")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FedsimError(f"cannot write {path}: directory {path.parent} does not exist")
+    path = check_plot_path(path)
     fig = Figure(figsize=(9, 5.5), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -119,6 +119,29 @@ def _decode_all(files: list[Path], size: tuple[int, int] | None) -> np.ndarray:
     return out
 
 
+def _check_memory(path: Path, files: list[Path], size: tuple[int, int] | None) -> None:
+    """FedsimError when the decoded images would not fit in the memory available: each pixel takes one byte
+    decoded and four once normalized to float32, and the decoding threads hold their images at full size too.
+    Checked before decoding, from the first image's header (its mode, and its size when `size` is None)."""
+    from PIL import Image
+
+    from fedsim.data.user import available_memory
+
+    try:
+        with Image.open(files[0]) as image:
+            channels = 1 if image.mode in _GRAY_MODES else 3
+            height, width = size or (image.height, image.width)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return  # decoding says what is wrong with it
+    need = len(files) * channels * height * width * 5
+    free = available_memory()
+    if need > free:
+        resize = f" --image-size {height},{width}" if size is not None else " their size"
+        raise FedsimError(f"image folder {path}: {len(files):,} images of {channels}x{height}x{width} need about "
+                          f"{need / 2**30:.1f} GiB of memory decoded, but {free / 2**30:.1f} GiB is available: "
+                          f"lower{resize}")
+
+
 def _cache_key(path: Path, files: list[Path], size: tuple[int, int] | None) -> str:
     digest = hashlib.sha256(f"v{_CACHE_VERSION} size={size}".encode())
     for f in files:
@@ -207,19 +230,20 @@ def load_image_folder(path: str | Path, data_dir: str | Path, image_size=None, t
             labels += [classes.index(c)] * len(per_class[c])
             split_of += [split] * len(per_class[c])
     labels, split_of = np.asarray(labels, dtype=np.int64), np.asarray(split_of)
+    # refused before anything is decoded or cached in the user's folder
+    is_test = split_of == "test" if given else _stratified_test(labels, test_fraction, 0 if seed is None else seed)
+    if not is_test.any():
+        raise FedsimError(f"image folder {path}: the test split is empty; add test images or raise --test-fraction")
 
     candidates = _cache_paths(path, Path(data_dir), _cache_key(path, files, size))
     images, cache_file = _read_cache(candidates, len(files))
     cache_hit = images is not None
     if not cache_hit:
+        _check_memory(path, files, size)
         images = torch.from_numpy(_decode_all(files, size))
         cache_file = _write_cache(candidates, {"images": images})
     images = images.numpy()
-
-    is_test = split_of == "test" if given else _stratified_test(labels, test_fraction, 0 if seed is None else seed)
     train, test = images[~is_test], images[is_test]
-    if not len(test):
-        raise FedsimError(f"image folder {path}: the test split is empty; add test images or raise --test-fraction")
     # the train split's mean and std from each channel's histogram of pixel values: exact, no float copy of the images
     counts = np.stack([np.bincount(train[:, c].ravel(), minlength=256) for c in range(train.shape[1])])
     values = np.arange(256) / 255.0

@@ -157,6 +157,10 @@ class Partition:
         if m.get("num_test") != n_test:
             raise FedsimError(f"{where} was made for {m.get('dataset')} with {m.get('num_test')} test samples, "
                               f"not {n_test}; make it again with fedsim partition")
+        classes = getattr(dataset, "num_classes", None)
+        if classes is not None and m.get("num_classes") is not None and m.get("num_classes") != classes:
+            raise FedsimError(f"{where} says {m.get('num_classes')} classes, but {name} has {classes}; make it again "
+                              "with fedsim partition")
         made_for = m.get("dataset_sha256")  # absent in files written before fedsim recorded it
         if made_for is not None and hasattr(dataset, "fingerprint") and made_for != dataset.fingerprint():
             raise FedsimError(f"{where} was made for other contents of {name} (data sha256 {made_for[:12]}..., now "
@@ -260,4 +264,27 @@ def load_partition(path: str | Path) -> Partition:
         limit = bounds[name]
         if not isinstance(limit, int) or (len(index) and (index.min() < 0 or index.max() >= limit)):
             raise damaged(f"{name} indices out of range")
+    _check_each_sample_once(part, path)
     return part
+
+
+def _check_each_sample_once(part: Partition, path: Path) -> None:
+    """FedsimError unless every sample is at one client at most: a train sample in one client's train set, a test
+    sample in one client's test slice; held-out test slices (client_test_source "train") drawn from no client's
+    training samples. A hand-made file with its hashes recomputed passes every other check."""
+    held_out = part.meta.get("client_test_source") == "train"
+    groups = [("train", part.train_index, part.train_offsets), ("test", part.test_index, part.test_offsets)]
+    if held_out:  # both index the train split: together, a sample at most once
+        groups = [("train or held-out test", np.concatenate([part.train_index, part.test_index]),
+                   np.concatenate([part.train_offsets, part.train_offsets[-1] + part.test_offsets[1:]]))]
+    for what, index, offsets in groups:
+        order = np.argsort(index, kind="stable")
+        repeated = np.flatnonzero(index[order][1:] == index[order][:-1])
+        if len(repeated):
+            first, second = order[repeated[0]], order[repeated[0] + 1]
+            owners = np.searchsorted(offsets, [first, second], side="right") - 1
+            n = part.num_clients
+            who = [f"client {o}" if o < n else f"client {o - n}'s test slice" for o in owners]
+            raise FedsimError(f"partition file {path} puts {what} sample {index[first]} at two places ({who[0]} and "
+                              f"{who[1]}): a partition gives each sample to one client; make it again with fedsim "
+                              "partition")

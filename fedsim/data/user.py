@@ -31,7 +31,17 @@ def _as_tensor(name: str, what: str, value, dtype: torch.dtype) -> torch.Tensor:
             from None
     if dtype == torch.int64 and (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool):
         raise FedsimError(f"dataset {name}: {what} must hold integer class labels, got dtype {tensor.dtype}")
-    return tensor.detach().to("cpu", dtype)
+    if tensor.is_complex():  # converting would drop the imaginary parts without a word
+        raise FedsimError(f"dataset {name}: {what} must hold real numbers, got dtype {tensor.dtype}: give the "
+                          "real and imaginary parts as two features (torch.view_as_real)")
+    tensor = tensor.detach().to("cpu", dtype)
+    if tensor.is_floating_point() and tensor.dim() >= 1 and len(tensor):
+        bad = ~torch.isfinite(tensor.reshape(len(tensor), -1)).all(dim=1)
+        if bad.any():
+            first = int(bad.nonzero()[0])
+            raise FedsimError(f"dataset {name}: {what} holds NaN or inf in {int(bad.sum())} sample(s), the first "
+                              f"{what}[{first}]: remove or repair them")
+    return tensor
 
 
 def _client_ids(name: str, what: str, ids, n: int) -> np.ndarray:
@@ -93,6 +103,7 @@ def from_tensors(cls, x_train, y_train, x_test, y_test, *, name: str, client_tra
         raise FedsimError(f"dataset {name}: num_classes must be a positive whole number, got {num_classes!r}")
     if low < 0 or high >= num_classes:
         raise FedsimError(f"dataset {name}: labels span {low}..{high}, expected 0..{num_classes - 1}")
+    _check_classes(name, ys[0], ys[1])
     if client_train is None and client_test is not None:
         raise FedsimError(f"dataset {name}: client_test was given without client_train: give train ids too")
     natural_train = natural_test = None
@@ -103,6 +114,22 @@ def from_tensors(cls, x_train, y_train, x_test, y_test, *, name: str, client_tra
         natural_train, natural_test, info["client_ids"] = _natural_split(name, train_ids, test_ids)
     return cls(name, xs[0], ys[0], xs[1], ys[1], num_classes=int(num_classes), natural_train=natural_train,
                natural_test=natural_test, info=info)
+
+
+def _check_classes(name: str, y_train: torch.Tensor, y_test: torch.Tensor) -> None:
+    """One training class is no classification task (FedsimError); a test class that no training sample has is
+    allowed, but said (a warning line): the model can never predict it."""
+    import warnings
+
+    trained = torch.unique(y_train)
+    if len(trained) < 2:
+        raise FedsimError(f"dataset {name}: every training label is {int(trained[0])}: a classifier needs at least two "
+                          "classes")
+    unseen = sorted(set(torch.unique(y_test).tolist()) - set(trained.tolist()))
+    if unseen:
+        shown = ", ".join(map(str, unseen[:5])) + (", ..." if len(unseen) > 5 else "")
+        warnings.warn(f"dataset {name}: test class(es) {shown} appear in no training sample: the model cannot "
+                      "learn them", stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------- torch datasets

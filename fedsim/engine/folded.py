@@ -69,4 +69,6 @@ def folding_matches_vmap(model: nn.Module, x: torch.Tensor) -> bool:
         except Exception:  # a model the folded pass cannot run (it reads a weight's shape, say) is not foldable
             return False
     folded = folded.reshape(plain.shape) if folded.numel() == plain.numel() else None
-    return folded is not None and torch.allclose(folded, plain, rtol=1e-4, atol=1e-6 * float(plain.abs().max()))
+    if folded is None or not (torch.isfinite(folded).all() and torch.isfinite(plain).all()):
+        return False  # NaN outputs cannot be compared: not folded (and the run's first loss stops it as diverged)
+    return torch.allclose(folded, plain, rtol=1e-4, atol=1e-6 * float(plain.abs().max()))

@@ -104,6 +104,8 @@ def _rows_interact(model: nn.Module, x: torch.Tensor) -> bool:
         model.train(training)
     if not isinstance(alone, torch.Tensor):  # not a classifier's logits: nothing here to compare
         return False
+    if not (torch.isfinite(alone).all() and torch.isfinite(beside).all()):  # NaN tells nothing: assume they do
+        return True  # (and the run's first loss stops it as diverged)
     return not torch.allclose(alone, beside, rtol=1e-5, atol=1e-6 * float(alone.abs().max()))
 
 

@@ -2,6 +2,7 @@
 
     build_model(name, input_shape, num_classes, pretrained=False) -> nn.Module
     resolve_model(model_or_spec, input_shape, num_classes) -> nn.Module: a user's model, factory or "module:attr"
+    user_code_errors(what, debug) -> a context in which an error of the user's code is one FedsimError line
     model_names() -> built-in names;  torchvision_model_names() -> torchvision classifiers
     find_head(model, head=None) -> head module names (default: the last nn.Linear)
     split_state_keys(model, head_modules) -> (base keys, head keys)
@@ -36,6 +37,7 @@ _LAZY = {
     "LeNet5": "fedsim.models.builtin",
     "CharLSTM": "fedsim.models.builtin",
     "resolve_model": "fedsim.models.user",
+    "user_code_errors": "fedsim.models.user",
 }
 
 __all__ = ["BUILTIN_MODELS", "check_model_name", "model_names", *_LAZY]

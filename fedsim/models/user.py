@@ -13,10 +13,12 @@ What is accepted, and how it is called:
     directory first on the import path, then one of the above (a module-level instance is used as one).
 ``input_shape`` is one sample's shape, (C, H, W) or (D,) (or (L,) for token sequences); ``num_classes`` an int.
 
-The model is then checked with one eval-mode forward pass (no gradients) on a batch of 2 zero inputs of
-``input_dtype``: it must give a (2, num_classes) tensor of logits. Every problem is one FedsimError line; an
-exception raised inside the user's code names its type, message and the user's file:line, and with
-``debug=True`` the message also carries the user's traceback (the CLI's --debug).
+The model is then checked with one eval-mode forward pass on a batch of 2 zero inputs of ``input_dtype``: it
+must have trainable parameters and give a (2, num_classes) floating-point tensor of logits that depends on them
+(gradients can flow). Every problem is one FedsimError line; an exception raised inside the user's code (a
+``sys.exit`` included) names its type, message and the user's file:line, and with ``debug=True`` the message
+also carries the user's traceback (the CLI's --debug). `user_code_errors` does the same for an exception the
+user's code raises later, while the run trains.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import inspect
 import os
 import re
 import sys
+import sysconfig
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,17 +42,26 @@ from fedsim.errors import FedsimError
 _SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
+def _not_users() -> tuple[str, ...]:
+    """Where code that is not the user's lives: fedsim, torch, Python's library and installed packages."""
+    places = [Path(__file__).resolve().parents[1], Path(torch.__file__).resolve().parent]
+    places += [Path(p) for key in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_path(key))]
+    return (*{str(p) for p in places}, *{str(p.resolve()) for p in places}, "<frozen ")
+
+
 def _user_frame(e: BaseException) -> str | None:
-    """file:line of the innermost traceback frame outside fedsim, torch and Python's import machinery."""
+    """file:line of the innermost traceback frame in the user's code: outside fedsim, torch, Python's library,
+    installed packages and Python's import machinery."""
     if isinstance(e, SyntaxError) and e.filename:
         return f"{e.filename}:{e.lineno}"
-    fedsim_dir = str(Path(__file__).resolve().parents[1])
-    skip = (fedsim_dir, str(Path(torch.__file__).resolve().parent), "<frozen ")
+    skip = _not_users()
     frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skip)]
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
 
 
 def _failure(what: str, e: BaseException, debug: bool) -> FedsimError:
+    if isinstance(e, SystemExit):  # exits fedsim silently, with its code, if let through
+        e = SystemExit(f"sys.exit({e.code!r}) was called")
     message = " ".join(f"{type(e).__name__}: {e}".split())
     if len(message) > 300:
         message = message[:297] + "..."
@@ -74,7 +87,7 @@ def _import(spec: str, debug: bool):
             raise FedsimError(f"--model {spec}: no module {e.name!r} in the current directory ({os.getcwd()}) or on "
                               f"the Python path; check the spelling or run from the folder that holds it") from None
         raise _failure(f"--model {spec}: importing {module_name}", e, debug) from None
-    except Exception as e:  # anything the user's module raises while it runs
+    except (Exception, SystemExit) as e:  # anything the user's module raises while it runs
         raise _failure(f"--model {spec}: importing {module_name}", e, debug) from None
     target = module
     for part in attr.split("."):
@@ -116,7 +129,7 @@ def _build(target, label: str, input_shape: tuple[int, ...], num_classes: int, d
         kwargs = _constructor_arguments(target, label, input_shape, num_classes)
         try:
             return target(**kwargs)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             call = f"{label}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
             raise _failure(f"building the model as {call}", e, debug) from None
     if isinstance(target, type) or not callable(target):
@@ -124,7 +137,7 @@ def _build(target, label: str, input_shape: tuple[int, ...], num_classes: int, d
                           f"f(input_shape, num_classes) -> nn.Module")
     try:
         model = target(input_shape, num_classes)
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise _failure(f"building the model as {label}({input_shape}, {num_classes})", e, debug) from None
     if not isinstance(model, nn.Module):
         raise FedsimError(f"{label}({input_shape}, {num_classes}) returned {_kind(model)}, not an nn.Module")
@@ -143,14 +156,17 @@ def _probe(model: nn.Module, label: str, input_shape: tuple[int, ...], num_class
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.zeros((2, *input_shape), dtype=input_dtype, device=device)
     where = f"a batch of 2 zero inputs of shape {tuple(input_shape)} ({str(input_dtype).replace('torch.', '')})"
+    if not any(p.requires_grad for p in model.parameters()):
+        raise FedsimError(f"{label} has no trainable parameters (none, or all with requires_grad=False): there is "
+                          "nothing to train")
     training = model.training
-    model.eval()
+    model.eval()  # no dropout, BatchNorm's running statistics left as they are
     try:
-        with torch.no_grad():
+        with torch.enable_grad():
             out = model(x)
     except FedsimError:
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise _failure(f"{label} on {where}", e, debug) from None
     finally:
         model.train(training)
@@ -160,6 +176,27 @@ def _probe(model: nn.Module, label: str, input_shape: tuple[int, ...], num_class
     if tuple(out.shape) != (2, num_classes):
         raise FedsimError(f"{label} gives outputs of shape {tuple(out.shape)} on {where}; expected (2, {num_classes}):"
                           f" one logit per class of the dataset's {num_classes}")
+    if not out.is_floating_point():
+        raise FedsimError(f"{label} gives outputs of dtype {str(out.dtype).replace('torch.', '')} on {where}: logits "
+                          "must be floating point (a loss has no gradient through integers)")
+    if not out.requires_grad:
+        raise FedsimError(f"{label}'s outputs on {where} do not depend on its trainable parameters (no gradient "
+                          "flows: a detach, torch.no_grad or .item() in its forward?)")
+
+
+@contextmanager
+def user_code_errors(what: str, debug: bool = False):
+    """An exception raised inside the user's code (a model's forward that fails on its 40th call, say) becomes one
+    FedsimError line naming `what`, the exception and the user's file:line (with `debug`, the traceback too). An
+    exception with no frame in the user's code is left as it is: it is fedsim's, and its traceback is the report."""
+    try:
+        yield
+    except FedsimError:
+        raise
+    except (Exception, SystemExit) as e:
+        if _user_frame(e) is None or isinstance(e, SyntaxError):
+            raise
+        raise _failure(what, e, debug) from None
 
 
 def resolve_model(model_or_spec, input_shape, num_classes: int, input_dtype: torch.dtype = torch.float32,

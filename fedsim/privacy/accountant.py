@@ -84,6 +84,9 @@ class Accountant:
         return float(compute_epsilon(self._orders, rounds * self._per_round, self.accounting.delta)[0])
 
 
+SMALLEST_NOISE = 1e-2  # the budget search's lower end: less noise than this protects nothing
+
+
 @functools.lru_cache(maxsize=32)
 def noise_for_budget(epsilon: float, rounds: int, mode: str, population: int, cohort: int, delta: float) -> float:
     """The smallest noise multiplier z whose ε after `rounds` is at most `epsilon` (to 0.1% of the budget):
@@ -93,8 +96,17 @@ def noise_for_budget(epsilon: float, rounds: int, mode: str, population: int, co
     def event(z: float):
         return Accounting(mode, population, cohort, z, delta).event(rounds)
 
-    z = dp.calibrate_dp_mechanism(Accounting.fresh_accountant, event, epsilon, delta,
-                                  dp.LowerEndpointAndGuess(1e-2, 1.0), tol=1e-5)
+    try:
+        z = dp.calibrate_dp_mechanism(Accounting.fresh_accountant, event, epsilon, delta,
+                                      dp.LowerEndpointAndGuess(SMALLEST_NOISE, 1.0), tol=1e-5)
+    except dp.mechanism_calibration.NoBracketIntervalFoundError:
+        least = Accountant(Accounting(mode, population, cohort, SMALLEST_NOISE, delta)).epsilon(rounds)
+        if least <= epsilon:
+            raise FedsimError(f"--dp-epsilon {epsilon:g} is more than even noise multiplier {SMALLEST_NOISE:g} spends "
+                              f"in {rounds} rounds (epsilon {least:.3g}): a budget that large protects nothing; give a "
+                              "smaller --dp-epsilon, or --dp-noise 0 to train without noise") from None
+        raise FedsimError(f"--dp-epsilon {epsilon:g} needs more noise than the search reaches in {rounds} rounds: "
+                          "give a larger --dp-epsilon or fewer --rounds") from None
     return float(z)
 
 

@@ -8,6 +8,7 @@ from fedsim.errors import FedsimError
 
 MODES = ("central", "local")
 ADAPTIVE = "adaptive"
+DEFAULT_CLIP_QUANTILE = 0.5  # Config.dp_clip_quantile's default
 
 
 def enabled(config) -> bool:
@@ -37,6 +38,9 @@ def check_options(config) -> None:
             clip = math.nan
         if not (math.isfinite(clip) and clip > 0):
             raise FedsimError(f"--dp-clip must be a positive number or 'adaptive' (got {config.dp_clip!r})")
+    if config.dp_clip_quantile != DEFAULT_CLIP_QUANTILE and config.dp_clip != ADAPTIVE:
+        raise FedsimError("--dp-clip-quantile is the quantile of update norms that --dp-clip adaptive tracks: it "
+                          "needs --dp-clip adaptive (a fixed --dp-clip C ignores it)")
     if not enabled(config):
         given = [f"--{name.replace('_', '-')}" for name, default in
                  (("dp_clip", None), ("dp_delta", None), ("dp_mode", "central"), ("dp_noise_seed", None))
