@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import math
 import signal
 import threading
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 
 from fedsim.algorithms import algorithm_class
-from fedsim.checkpoint import RESUMABLE_OPTIONS, Checkpoint, Progress, load_checkpoint, save_checkpoint
+from fedsim.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
 from fedsim.config import Config
 from fedsim.core import rng
 from fedsim.core.channel import Channel
@@ -112,7 +110,8 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     algorithm = algo_cls(config, keys, eligible)
     cohort = cohort_size(config, eligible)
     robust = install_robustness(config, keys, partition, dataset.y_train, dataset.num_classes, cohort)
-    privacy = install_privacy(config, eligible, cohort, noise_key(config))
+    privacy = install_privacy(config, eligible, cohort,
+                              noise_key(config, identity_of(config, dataset, partition, model)))
     channel = Channel(robust.stages + (() if privacy is None else privacy.stages),
                       robust.reducer if privacy is None else privacy.reducer, variance_keys(model))
     channel.check(config.algo, algorithm.sends)
@@ -135,13 +134,10 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
                       robust.malicious, privacy, ranks)
 
 
-def noise_key(config: Config) -> int:
-    """What keys a run's DP noise: --dp-noise-seed, else a hash of every option that changes its numbers (not
-    those a resume may change), so runs of a sweep never share noise and a rerun draws the same."""
-    if config.dp_noise_seed is not None:
-        return config.dp_noise_seed
-    options = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_OPTIONS}
-    return int(hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:15], 16)
+def noise_key(config: Config, identity: RunIdentity) -> int:
+    """What keys a run's DP noise: --dp-noise-seed, else the run's identity (fedsim/identity.py: everything that
+    decides its numbers), so runs of a sweep never share noise and a rerun or a resume draws the same."""
+    return config.dp_noise_seed if config.dp_noise_seed is not None else int(identity.sha256[:15], 16)
 
 
 def variance_keys(model: torch.nn.Module) -> list[str]:
