@@ -100,7 +100,7 @@ def install_privacy(config, population: int, cohort: int, noise_key: int) -> Pri
               "clients": population, "cohort": cohort, "denominator": cohort,
               "weights": "each client once (sample counts not used)",
               "noise_key": ("--dp-noise-seed (shared on purpose)" if config.dp_noise_seed is not None
-                            else "a hash of the run's options"),
+                            else "the run's identity"),
               "protected": "everything the clients send through the channel, as one clipped vector; integer "
                            "buffers keep the global model's value",
               **accounting.describe()}

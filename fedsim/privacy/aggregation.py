@@ -20,8 +20,9 @@ two Gaussian sums together are one Gaussian mechanism of multiplier z = (z_Δ⁻
 Theorem 1; replace-one moves the count by 1 and the sum by 2C alike), so the update's noise multiplier is
 z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2), and only z < 2σ_b = m/10 can be protected this way.
 
-The noise is keyed by (the run's noise key, round): a hash of the run's options by default, so two runs of a
-sweep that differ in anything (a learning rate) draw independent noise; `--dp-noise-seed` shares it on purpose.
+The noise is keyed by (the run's noise key, round): the run's identity by default (fedsim/identity.py), so two
+runs of a sweep that differ in anything (a learning rate) draw independent noise; `--dp-noise-seed` shares it on
+purpose.
 Deviation: integer tensors (BN's num_batches_tracked counts a client's steps, so its data size) are not sent
 through the mechanism but keep the global model's value.
 """
