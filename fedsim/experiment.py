@@ -95,7 +95,8 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     algo_cls = algorithm_class(config.algo)
     torch.manual_seed(config.seed)
     if model is None and ":" not in config.model:
-        model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained)
+        model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained,
+                            vocabulary=getattr(dataset, "vocabulary", None))
     else:  # the user's own: an nn.Module, a factory, or --model package.module:attr
         from fedsim.models import resolve_model
 
