@@ -156,14 +156,8 @@ def load_config_dataset(config: Config):
     """The dataset `config` names, with its loading options, on the CPU (setup moves it to the device)."""
     from fedsim.data.datasets import load_dataset
 
-    options = {} if config.clients is None else {"devices": config.clients}
-    if config.normalize is not None:
-        options["normalize"] = config.normalize
-    if config.image_size is not None:
-        options["image_size"] = config.image_hw()
-    if config.test_fraction is not None:
-        options["test_fraction"] = config.test_fraction
-    return load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
+    return load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download,
+                        **config.dataset_options())
 
 
 # Personalization before evaluation draws its batches from generators keyed by (seed, this + round, client): a key
@@ -221,6 +215,22 @@ def evaluate(exp: Experiment, server, store, round: int, lr: float) -> dict:
     }
 
 
+def dataset_source(exp: Experiment) -> dict:
+    """What the record says of where the data came from, besides its sha256: a Hugging Face dataset's name, revision
+    and fingerprints; a text dataset's vocabulary (its hash, and the file the run writes it to) and sequence length."""
+    info, vocabulary = exp.dataset.info, getattr(exp.dataset, "vocabulary", None)
+    source = {k: info[k] for k in ("hf", "seq_len") if k in info}
+    if vocabulary is not None:
+        source["vocabulary"] = {**vocabulary.record(), "file": vocabulary_path(exp.config).name}
+    return source
+
+
+def vocabulary_path(config: Config):
+    from pathlib import Path
+
+    return Path(config.out_dir) / f"{config.run_name()}.vocab.txt"
+
+
 def run_record(exp: Experiment) -> dict:
     meta = exp.partition.meta
     return {
@@ -232,7 +242,7 @@ def run_record(exp: Experiment) -> dict:
         "identity": exp.identity.to_dict(),
         "dataset": {"name": exp.dataset.name, "sha256": exp.dataset.fingerprint(),
                     "train": len(exp.dataset.y_train), "test": len(exp.dataset.y_test),
-                    "classes": exp.dataset.num_classes},
+                    "classes": exp.dataset.num_classes, **dataset_source(exp)},
         "partition": {"hash": meta.get("sha256"), "scheme": meta.get("scheme"), "params": meta.get("params"),
                       "seed": meta.get("seed"), "num_clients": exp.partition.num_clients,
                       "file": exp.config.partition},
@@ -332,6 +342,8 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     status, detail = "stopped", None
     compiled_before = compile_seconds() if config.compile else 0.0
     try:
+        if getattr(exp.dataset, "vocabulary", None) is not None:  # the token ids the run's numbers stand for
+            exp.dataset.vocabulary.write(vocabulary_path(config))
         with stop_on_sigterm():
             for done, row in _user_errors_named(_round_loop(exp, writer, start, stragglers), config.debug):
                 if row is not None:
