@@ -25,7 +25,7 @@ from fedsim.core.channel import Channel
 from fedsim.core.hooks import ClientJob, ClientStore, ModelKeys
 from fedsim.core.state import clone, model_state
 from fedsim.engine import distributed
-from fedsim.engine.evaluate import eval_plan, evaluation_threads, personal_summary, predict
+from fedsim.engine.evaluate import eval_plan, evaluating_on, evaluation_threads, personal_summary, predict
 from fedsim.engine.executors import make_executor
 from fedsim.engine.local import ClientData, LocalSpec
 from fedsim.engine.optim import OptimizerSpec
@@ -58,6 +58,7 @@ class Experiment:
     malicious: np.ndarray | None = None  # the attacking clients (--attack), None: no attack
     privacy: object = None  # fedsim.privacy.Privacy (--dp-noise, --dp-epsilon), None: no DP
     ranks: object = None  # under torchrun: this process's share of the work (engine.distributed.Ranks)
+    eval_threads: object = None  # evaluation's own CPU thread count (engine.evaluate.evaluation_threads), made once
 
     def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
@@ -201,9 +202,11 @@ def evaluation_columns(config: Config) -> list[str]:
 def evaluate(exp: Experiment, server, store, round: int, lr: float) -> dict:
     """The global model on the test split, and each client's own model (after the algorithm's personalization
     phases, if any: see `personalized_models`) on its test slice; `lr` is the round's client learning rate.
-    With --eval-sample/--eval-clients, on the plan's rows and clients only (and the row says how many). On every
-    CPU core unless --threads says otherwise (the training's thread choice is for its small steps)."""
-    with evaluation_threads(exp.config.threads):
+    With --eval-sample/--eval-clients, on the plan's rows and clients only (and the row says how many). On its own
+    CPU thread count (every core where that is faster, or --threads), not the training's."""
+    if exp.eval_threads is None:
+        exp.eval_threads = evaluation_threads(exp.config.threads)
+    with evaluating_on(exp.eval_threads):
         return _evaluate(exp, server, store, round, lr, evaluation_plan(exp))
 
 
@@ -219,11 +222,11 @@ def _evaluate(exp: Experiment, server, store, round: int, lr: float, plan) -> di
     rows = None if plan.test_rows is None else np.union1d(
         plan.test_rows, np.concatenate([plan.clients[c] for c in shared] or [np.zeros(0, dtype=np.int64)]))
     if rows is None:
-        losses, correct = predict(exp.model, server.model, ds.x_test, ds.y_test)
+        losses, correct = predict(exp.model, server.model, ds.x_test, ds.y_test, threads=exp.eval_threads)
         test_losses, test_correct = losses, correct
     else:
         t = torch.as_tensor(rows, device=exp.device)
-        losses, correct = predict(exp.model, server.model, ds.x_test[t], ds.y_test[t])
+        losses, correct = predict(exp.model, server.model, ds.x_test[t], ds.y_test[t], threads=exp.eval_threads)
         at = torch.as_tensor(np.searchsorted(rows, plan.test_rows), device=losses.device)
         test_losses, test_correct = losses[at], correct[at]
     global_correct = correct.cpu().numpy()
@@ -233,8 +236,8 @@ def _evaluate(exp: Experiment, server, store, round: int, lr: float, plan) -> di
             per_client.append(global_correct[idx if rows is None else np.searchsorted(rows, idx)])
             continue
         t = torch.as_tensor(np.array(idx), device=exp.device)
-        per_client.append(predict(exp.model, states[c] if states[c] is not None else server.model, x[t], y[t])[1]
-                          .cpu().numpy())
+        state = states[c] if states[c] is not None else server.model
+        per_client.append(predict(exp.model, state, x[t], y[t], threads=exp.eval_threads)[1].cpu().numpy())
     personal = personal_summary(per_client)
     test_loss = float(test_losses.mean()) if len(test_losses) else float("nan")
     if len(test_losses) and not math.isfinite(test_loss):  # NaN metrics are a diverged run, never a finished one
@@ -285,7 +288,8 @@ def run_record(exp: Experiment) -> dict:
                   "parameters": sum(p.numel() for p in exp.model.parameters()),
                   "initial_sha256": exp.identity.facts["initial_sha256"]},
         "executor": {"name": exp.executor.name, "reason": getattr(exp.executor, "reason", ""),
-                     "threads": exp.executor.threads.describe()},
+                     "threads": exp.executor.threads.describe(),
+                     "evaluation_threads": evaluation_threads(exp.config.threads).describe()},
         **({} if exp.malicious is None else {"malicious_clients": exp.malicious.tolist()}),
         **({} if exp.privacy is None else {"privacy": exp.privacy.record}),
         **({"evaluation": evaluation_plan(exp).record()} if evaluation_columns(exp.config) else {}),

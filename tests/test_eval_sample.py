@@ -119,7 +119,7 @@ def test_compare_warns_when_runs_sampled_differently(tmp_path):
     assert not any("different samples" in w for w in warnings)
 
 
-def test_evaluation_uses_every_core_and_gives_training_its_threads_back(tmp_path, monkeypatch):
+def test_evaluation_chooses_its_own_threads_and_gives_training_its_count_back(tmp_path, monkeypatch):
     from fedsim import experiment
     from fedsim.engine.threads import cpu_count
 
@@ -127,13 +127,32 @@ def test_evaluation_uses_every_core_and_gives_training_its_threads_back(tmp_path
     original = experiment.predict
 
     def spy(*args, **kw):
-        seen.append(torch.get_num_threads())
+        seen.append((kw["threads"], torch.get_num_threads()))
         return original(*args, **kw)
 
     monkeypatch.setattr(experiment, "predict", spy)
     torch.set_num_threads(1)
-    fedsim.run(small(tmp_path, rounds=1, executor="sequential"))  # trains on one thread
-    assert seen and set(seen) == {cpu_count()} and torch.get_num_threads() == 1
+    fedsim.run(small(tmp_path, rounds=1, executor="sequential"))  # training on one thread
+    chooser = seen[0][0]
+    assert chooser.fixed is None and chooser.counts == (1, cpu_count())  # not the training's fixed 1
+    assert torch.get_num_threads() == 1
+    record = json.loads((tmp_path / "digits-fedavg-mlp-seed0.json").read_text())
+    assert record["executor"]["threads"] == 1 and record["executor"]["evaluation_threads"] == chooser.describe()
     seen.clear()
     fedsim.run(small(tmp_path, name="pinned", rounds=1, executor="sequential", threads=1))
-    assert set(seen) == {1}  # --threads pins evaluation too
+    assert {n for _, n in seen} == {1} and seen[0][0].fixed == 1  # --threads pins evaluation too
+
+
+def test_predict_steps_the_chooser_through_one_thread_and_every_core():
+    from fedsim.engine.evaluate import evaluating_on, evaluation_threads, predict
+
+    chooser = evaluation_threads()
+    if not chooser.adaptive:
+        pytest.skip("one core: nothing to choose")
+    model = torch.nn.Linear(4, 3)
+    state = dict(model.named_parameters())
+    counts = []
+    model.register_forward_pre_hook(lambda *_: counts.append(torch.get_num_threads()))
+    with evaluating_on(chooser):
+        predict(model, state, torch.randn(40, 4), torch.randint(0, 3, (40,)), batch=4, threads=chooser)
+    assert set(counts) == {1, chooser.counts[1]} and chooser.decisions  # probed both, then chose

@@ -1,15 +1,20 @@
 """Evaluation in eval() mode: the global model on the test split, each client's model on its test slice.
 
-Evaluation runs under `torch.inference_mode` in batches of EVAL_BATCH rows, on every CPU core (`threads`), whatever
-thread count training chose: one client's small steps may gain nothing from a second core, a batch of thousands of
-rows does. `--eval-sample` and `--eval-clients` (as TensorFlow Federated's StackOverflow and FedScale's evaluations)
-measure a part instead of all of it, drawn once from the run's seed (`EvalPlan`): the same rows and clients every
-round, after a resume, and whichever executor trains.
+Evaluation runs under `torch.inference_mode` in batches of EVAL_BATCH rows, with its own CPU thread count, whatever
+training chose (the sequential executor keeps one thread: one client's small steps gain nothing from a second core,
+while a batch of thousands of rows does): `--threads N`, else chosen by timing its batches on one thread and on
+every core (engine/threads.py's ThreadChooser), which gives every core on an idle machine and one thread where
+another process holds a core (on a shared 2-core VM under other jobs' load, every core took 1.5x as long as one
+thread on Shakespeare's char-LSTM).
+
+`--eval-sample` and `--eval-clients` (as TensorFlow Federated's StackOverflow and FedScale's evaluations) measure a
+part instead of all of it, drawn once from the run's seed (`EvalPlan`): the same rows and clients every round,
+after a resume, and whichever executor trains.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,18 +23,20 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from fedsim.core import rng
-from fedsim.engine.threads import cpu_count
+from fedsim.engine.threads import ThreadChooser
 
 EVAL_BATCH = 4096
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor, batch: int = EVAL_BATCH):
-    """Per-sample loss and correctness of `state` on (x, y)."""
+def predict(model: torch.nn.Module, state: dict, x: torch.Tensor, y: torch.Tensor, batch: int = EVAL_BATCH,
+            threads: ThreadChooser | None = None):
+    """Per-sample loss and correctness of `state` on (x, y); `threads` (evaluation's ThreadChooser) times each batch."""
     model.eval()
     losses, correct = [], []
     for start in range(0, len(x), batch):
-        out = functional_call(model, state, (x[start : start + batch],))
+        with threads.step() if threads is not None else nullcontext():
+            out = functional_call(model, state, (x[start : start + batch],))
         target = y[start : start + batch]
         losses.append(F.cross_entropy(out.float(), target, reduction="none"))
         correct.append(out.argmax(1) == target)
@@ -38,11 +45,17 @@ def predict(model: torch.nn.Module, state: dict, x: torch.Tensor, y: torch.Tenso
     return torch.cat(losses), torch.cat(correct)
 
 
+def evaluation_threads(threads: int | None = None) -> ThreadChooser:
+    """Evaluation's own thread count: `threads` (--threads), else chosen by timing batches on 1 thread and on every
+    core. Its batches are many and alike, so a probe costs a few batches of one evaluation."""
+    return ThreadChooser(fixed=threads)
+
+
 @contextmanager
-def evaluation_threads(threads: int | None = None):
-    """torch on `threads` CPU threads (None: every core) inside, the training's count restored after."""
+def evaluating_on(threads: ThreadChooser):
+    """torch on evaluation's thread count inside (`predict` steps it), the training's count restored after."""
     before = torch.get_num_threads()
-    torch.set_num_threads(threads or cpu_count())
+    threads.apply()
     try:
         yield
     finally:
