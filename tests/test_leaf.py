@@ -122,7 +122,7 @@ def test_files_not_in_leafs_layout_are_one_line(tmp_path, content, needle):
 
 
 def test_missing_files_say_which_leaf_command_makes_them(tmp_path):
-    with pytest.raises(FedsimError, match=r"preprocess.sh -s niid --sf 0.05 -k 0 -t sample"):
+    with pytest.raises(FedsimError, match=r"leaf/data/sent140: ./preprocess.sh -s niid --sf 0.05 -k 64 -t sample"):
         load_dataset("sent140", tmp_path)
     (tmp_path / "femnist" / "data" / "train").mkdir(parents=True)
     (tmp_path / "femnist" / "data" / "train" / "x.json").write_text("{not json")

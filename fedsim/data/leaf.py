@@ -32,6 +32,11 @@ import numpy as np
 from fedsim.errors import FedsimError
 
 LEAF_DATASETS = ("femnist", "celeba", "sent140")
+# the "small-sized dataset" commands of LEAF's data/<name>/README.md (run in leaf/data/<name>; -t sample gives each
+# user's samples a train and a test part, which fedsim reads)
+LEAF_COMMANDS = {"femnist": "./preprocess.sh -s niid --sf 0.05 -k 0 -t sample",
+                 "celeba": "./preprocess.sh -s niid --sf 0.05 -k 5 -t sample",
+                 "sent140": "./preprocess.sh -s niid --sf 0.05 -k 64 -t sample"}
 FEMNIST_CLASSES = 62
 CELEBA_SIZE = 84
 SENT140_SEQ_LEN = 25
@@ -42,8 +47,8 @@ def _split_files(root: Path, name: str, split: str) -> list[Path]:
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if not files:
         raise FedsimError(f"dataset {name}: no {folder}/*.json; make them with LEAF's preprocessing (in "
-                          f"leaf/data/{name}: ./preprocess.sh -s niid --sf 0.05 -k 0 -t sample) and pass --data-dir "
-                          f"to the folder that holds {name}/ (LEAF's data/)")
+                          f"leaf/data/{name}: {LEAF_COMMANDS[name]}) and pass --data-dir to the folder that holds "
+                          f"{name}/ (LEAF's data/)")
     return files
 
 
