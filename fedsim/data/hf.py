@@ -50,7 +50,18 @@ def _datasets():
     except ImportError:
         raise FedsimError(f"--dataset hf:... reads Hugging Face datasets through the `datasets` library, which is "
                           f"not installed: {INSTALL}") from None
-    datasets.disable_progress_bars()
+    import sys
+
+    if not sys.stderr.isatty():  # a Hub download shows its progress on a terminal only
+        datasets.disable_progress_bars()
+    # the Hub client's retries and warnings are log lines; a failure becomes fedsim's one line
+    datasets.logging.set_verbosity_error()
+    try:
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError:
+        pass
     return datasets
 
 
