@@ -38,6 +38,7 @@ def write_agnews(root, train=40, test=12, seed=0):
 
 def test_tokenizer_and_vocabulary_are_a_function_of_the_training_texts():
     assert tokenize("Don't stop, GO now!") == ["don't", "stop", ",", "go", "now", "!"]
+    assert tokenize(None) == []  # a missing text (None in a Hugging Face column) is all padding
     texts = [["b", "a", "c"], ["a", "b"], ["d"]]  # a and b twice (a tie: alphabetical), then c, d once
     vocab = build_vocabulary(texts, 5)
     assert vocab.tokens == ["<pad>", "<unk>", "a", "b", "c"]

@@ -36,8 +36,9 @@ DEFAULT_SEQ_LEN = 200  # PFLlib's AG News max_len
 _TOKENS = re.compile(r"[\w']+|[.,!?;]")
 
 
-def tokenize(text: str) -> list[str]:
-    return _TOKENS.findall(text.lower())
+def tokenize(text: str | None) -> list[str]:
+    """Lowercased words (apostrophes kept) and the punctuation . , ! ? ; of `text` (a missing text: none)."""
+    return _TOKENS.findall(text.lower()) if text else []
 
 
 @dataclass
