@@ -76,11 +76,11 @@ def in_process(data_dir: str, windows: int, repeats: int) -> None:
     base = statistics.median(next(iter(times.values())))
     total = len(data.y_test)
     print(f"{windows} of {total} test windows, median of {repeats}, {cores} cores, torch {torch.__version__}\n")
-    print("| setting | seconds | x before | the whole test split (extrapolated) |")
+    print("| setting | seconds | speed-up over before | the whole test split (extrapolated) |")
     print("|---|---|---|---|")
     for name, t in times.items():
         m = statistics.median(t)
-        print(f"| {name} | {m:.2f} | {base / m:.2f}x faster | {m * total / windows:.0f} s |")
+        print(f"| {name} | {m:.2f} | {base / m:.2f}x | {m * total / windows:.0f} s |")
     print(f"\nthe chooser's decisions (batch, threads): {chooser.decisions}")
 
 
