@@ -45,7 +45,18 @@ class GeneralOptions:
     device: str = "auto"                 # auto = CUDA when present, else CPU
     normalize: str | None = None         # pixels: standard (mean/std) | symmetric [-1, 1] | unit [0, 1]; None: usual
     image_size: int | str | None = None  # a folder of images: resize to H or "H,W"
-    test_fraction: float | None = None   # a folder of images with no test/ folder: this fraction is the test split
+    test_fraction: float | None = None   # a folder of images or an hf: dataset with one split: this fraction is test
+    # --- Hugging Face datasets (--dataset hf:NAME[:CONFIG], fedsim/data/hf.py): None = found from the features --
+    hf_image_column: str | None = None   # the input images (an Image feature)
+    hf_text_column: str | None = None    # or the input texts
+    hf_label_column: str | None = None   # the labels (a ClassLabel or integers)
+    hf_client_column: str | None = None  # one client per distinct value: the natural split (--natural)
+    hf_train_split: str | None = None    # default "train"
+    hf_test_split: str | None = None     # default "test", else "validation", else --test-fraction of the train split
+    # --- text (fedsim/data/text.py) --------------------------------------------------------------
+    seq_len: int | None = None           # tokens per text, padded or cut (default 200; sent140: 25)
+    vocab_size: int | None = None        # the training split's most frequent tokens kept (default 20,000)
+    embeddings: str | None = None        # word vectors in GloVe's text format: the text models' embedding starts there
     # --- partition: a saved file, or one scheme computed on the fly --------------------------
     partition: str | None = None         # file written by `fedsim partition`
     clients: int | None = None          # default 10 (synthetic: its 30 devices)
@@ -108,6 +119,8 @@ class GeneralOptions:
     # --- run --------------------------------------------------------------------------------
     seed: int = 0
     eval_every: int = 1
+    eval_sample: float | None = None     # the global model on N test samples (or a fraction F), fixed for the run
+    eval_clients: float | None = None    # the personal columns over N clients (or a fraction F), fixed for the run
     checkpoint_every: int = 10           # write <name>.ckpt every K rounds (0 = never)
     out_dir: str = "results"
     name: str | None = None              # default: <dataset>-<algo>-<model>-seed<seed>
@@ -132,9 +145,16 @@ class GeneralOptions:
         return self.name or f"{self.dataset_label()}-{self.algo}-{self.model.rpartition(':')[2]}-seed{self.seed}"
 
     def dataset_label(self) -> str:
-        """The dataset's name, or for a folder or .npz file its own name (no slashes in run names)."""
-        is_path = "/" in self.dataset or self.dataset.endswith(".npz")
-        return Path(self.dataset.rstrip("/")).stem if is_path else self.dataset
+        """The dataset's name, or for a folder or .npz file its own name (no slashes or colons in run names)."""
+        name = self.dataset[len("hf:"):].replace(":", "-") if self.dataset.startswith("hf:") else self.dataset
+        is_path = "/" in name or name.endswith(".npz")
+        return Path(name.rstrip("/")).stem if is_path else name
+
+    def dataset_options(self) -> dict:
+        """The options `fedsim.data.datasets.load_dataset` takes from this config (those given)."""
+        options = {"devices": self.clients, "normalize": self.normalize, "image_size": self.image_hw(),
+                   "test_fraction": self.test_fraction, **{k: getattr(self, k) for k in DATASET_FIELDS}}
+        return {k: v for k, v in options.items() if v is not None}
 
     def image_hw(self) -> tuple[int, int] | None:
         """--image-size as (H, W): one number is a square."""
@@ -199,6 +219,14 @@ class GeneralOptions:
         if self.stragglers == 1 and (self.straggler_policy or algorithm_class(self.algo).straggler_policy) == "drop":
             raise FedsimError("--stragglers 1 under --straggler-policy drop leaves every client out of every round, "
                               "so nothing would train: lower --stragglers, or use --straggler-policy partial")
+        hf = [k for k in DATASET_FIELDS if k.startswith("hf_") and getattr(self, k) is not None]
+        if hf and not self.dataset.startswith("hf:"):
+            raise FedsimError(f"--{_dashed(hf[0])} applies to --dataset hf:NAME, not to {self.dataset}")
+        for name in ("eval_sample", "eval_clients"):
+            value = getattr(self, name)
+            if value is not None and value >= 1 and value != int(value):
+                raise FedsimError(f"--{_dashed(name)} must be a count N (a whole number) or a fraction F < 1, got "
+                                  f"{value!r}")
         algorithm_class(self.algo).check_config(self)
         check_robust_options(self)
         check_privacy_options(self)
@@ -210,6 +238,10 @@ class GeneralOptions:
         self.image_hw()
 
 
+# The dataset's own options, passed on to load_dataset as they are
+DATASET_FIELDS = ("hf_image_column", "hf_text_column", "hf_label_column", "hf_client_column", "hf_train_split",
+                  "hf_test_split", "seq_len", "vocab_size", "embeddings")
+
 # Numeric ranges of the general options (the algorithms declare theirs); every float must also be finite.
 RANGES = {
     "rounds": Range(1), "fraction": Range(0, 1, low_open=True), "min_clients": Range(1),
@@ -219,7 +251,8 @@ RANGES = {
     "threads": Range(1), "cohort_chunk": Range(1), "min_size": Range(0), "shards": Range(1), "labels": Range(1),
     "dirichlet": Range(0, low_open=True), "quantity_skew": Range(0, low_open=True),
     "client_test_fraction": Range(0, 1, low_open=True, high_open=True),
-    "test_fraction": Range(0, 1, low_open=True, high_open=True),
+    "test_fraction": Range(0, 1, low_open=True, high_open=True), "seq_len": Range(1), "vocab_size": Range(3),
+    "eval_sample": Range(0, low_open=True), "eval_clients": Range(0, low_open=True),
     "stragglers": Range(0, 1), "client_dropout": Range(0, 1, high_open=True),
     "trim_fraction": Range(0, 0.5, high_open=True), "krum_f": Range(0), "krum_m": Range(1),
     "malicious_fraction": Range(0, 1), "attack_scale": Range(0, low_open=True),

@@ -25,7 +25,7 @@ from fedsim.core.channel import Channel
 from fedsim.core.hooks import ClientJob, ClientStore, ModelKeys
 from fedsim.core.state import clone, model_state
 from fedsim.engine import distributed
-from fedsim.engine.evaluate import personal_summary, predict
+from fedsim.engine.evaluate import eval_plan, evaluating_on, evaluation_threads, personal_summary, predict
 from fedsim.engine.executors import make_executor
 from fedsim.engine.local import ClientData, LocalSpec
 from fedsim.engine.optim import OptimizerSpec
@@ -58,6 +58,7 @@ class Experiment:
     malicious: np.ndarray | None = None  # the attacking clients (--attack), None: no attack
     privacy: object = None  # fedsim.privacy.Privacy (--dp-noise, --dp-epsilon), None: no DP
     ranks: object = None  # under torchrun: this process's share of the work (engine.distributed.Ranks)
+    eval_threads: object = None  # evaluation's own CPU thread count (engine.evaluate.evaluation_threads), made once
 
     def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
@@ -95,7 +96,8 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     algo_cls = algorithm_class(config.algo)
     torch.manual_seed(config.seed)
     if model is None and ":" not in config.model:
-        model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained)
+        model = build_model(config.model, dataset.input_shape, dataset.num_classes, pretrained=config.pretrained,
+                            vocabulary=getattr(dataset, "vocabulary", None))
     else:  # the user's own: an nn.Module, a factory, or --model package.module:attr
         from fedsim.models import resolve_model
 
@@ -155,14 +157,8 @@ def load_config_dataset(config: Config):
     """The dataset `config` names, with its loading options, on the CPU (setup moves it to the device)."""
     from fedsim.data.datasets import load_dataset
 
-    options = {} if config.clients is None else {"devices": config.clients}
-    if config.normalize is not None:
-        options["normalize"] = config.normalize
-    if config.image_size is not None:
-        options["image_size"] = config.image_hw()
-    if config.test_fraction is not None:
-        options["test_fraction"] = config.test_fraction
-    return load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download, **options)
+    return load_dataset(config.dataset, config.data_dir, device="cpu", download=config.download,
+                        **config.dataset_options())
 
 
 # Personalization before evaluation draws its batches from generators keyed by (seed, this + round, client): a key
@@ -170,18 +166,19 @@ def load_config_dataset(config: Config):
 PERSONALIZATION_KEY = 1 << 32
 
 
-def personalized_models(exp: Experiment, server, store, round: int, lr: float) -> dict[int, dict]:
+def personalized_models(exp: Experiment, server, store, round: int, lr: float, clients=None) -> dict[int, dict]:
     """Each client's model after the algorithm's `personalization_phases()` (FedBABU's fine-tuning), trained by the
     executor from the model the client uses (`personal_model`, else the global one) for this evaluation only:
     nothing trained here is kept. Empty where the algorithm has no such phases (FedAvg's default).
     `personalization_job(server, store, job)` may change each job (its start, context or local work: Per-FedAvg's
-    one step, pFedMe's proximal steps). Clients without training data or test slice are left out."""
+    one step, pFedMe's proximal steps). Clients without training data or test slice are left out, and those not
+    in `clients` (None: every client; --eval-clients' sample)."""
     algo, part = exp.algorithm, exp.partition
     phases = algo.personalization_phases()
     if not phases:
         return {}
     jobs = []
-    for c in range(part.num_clients):
+    for c in range(part.num_clients) if clients is None else clients:
         if part.train_sizes[c] > 0 and len(part.test_indices(c)):
             own = algo.personal_model(server, store, c)
             job = ClientJob(c, clone(server.model if own is None else own), {})
@@ -189,35 +186,87 @@ def personalized_models(exp: Experiment, server, store, round: int, lr: float) -
     return {r.client: r.states[-1] for r in exp.executor.train(phases, jobs, PERSONALIZATION_KEY + round, lr)}
 
 
+def evaluation_plan(exp: Experiment):
+    """What each evaluation of the run measures (--eval-sample, --eval-clients): drawn from the seed, so the same
+    every round and after a resume (fedsim.engine.evaluate.eval_plan)."""
+    part, config = exp.partition, exp.config
+    return eval_plan(part.test_offsets, part.test_index, part.meta.get("client_test_source", "test") == "test",
+                     len(exp.dataset.y_test), config.eval_sample, config.eval_clients, config.seed)
+
+
+def evaluation_columns(config: Config) -> list[str]:
+    """The CSV columns a run with --eval-sample or --eval-clients adds: what its rows were measured on."""
+    return [] if config.eval_sample is None and config.eval_clients is None else ["test_samples", "personal_clients"]
+
+
 def evaluate(exp: Experiment, server, store, round: int, lr: float) -> dict:
     """The global model on the test split, and each client's own model (after the algorithm's personalization
-    phases, if any: see `personalized_models`) on its test slice; `lr` is the round's client learning rate."""
+    phases, if any: see `personalized_models`) on its test slice; `lr` is the round's client learning rate.
+    With --eval-sample/--eval-clients, on the plan's rows and clients only (and the row says how many). On its own
+    CPU thread count (every core where that is faster, or --threads), not the training's."""
+    if exp.eval_threads is None:
+        exp.eval_threads = evaluation_threads(exp.config.threads)
+    with evaluating_on(exp.eval_threads):
+        return _evaluate(exp, server, store, round, lr, evaluation_plan(exp))
+
+
+def _evaluate(exp: Experiment, server, store, round: int, lr: float, plan) -> dict:
     ds, part, algo = exp.dataset, exp.partition, exp.algorithm
-    losses, correct = predict(exp.model, server.model, ds.x_test, ds.y_test)
     from_test = part.meta.get("client_test_source", "test") == "test"
     x, y = (ds.x_test, ds.y_test) if from_test else (ds.x_train, ds.y_train)
+    tuned = personalized_models(exp, server, store, round, lr, list(plan.clients))
+    states = {c: tuned[c] if c in tuned else algo.personal_model(server, store, c) for c in plan.clients}
+    # the global model once over every test row a number needs: the global columns', and the slices of the clients
+    # that use the global model (their personal accuracy is its accuracy there)
+    shared = [c for c, state in states.items() if state is None] if from_test else []
+    rows = None if plan.test_rows is None else np.union1d(
+        plan.test_rows, np.concatenate([plan.clients[c] for c in shared] or [np.zeros(0, dtype=np.int64)]))
+    if rows is None:
+        losses, correct = predict(exp.model, server.model, ds.x_test, ds.y_test, threads=exp.eval_threads)
+        test_losses, test_correct = losses, correct
+    else:
+        t = torch.as_tensor(rows, device=exp.device)
+        losses, correct = predict(exp.model, server.model, ds.x_test[t], ds.y_test[t], threads=exp.eval_threads)
+        at = torch.as_tensor(np.searchsorted(rows, plan.test_rows), device=losses.device)
+        test_losses, test_correct = losses[at], correct[at]
+    global_correct = correct.cpu().numpy()
     per_client = []
-    global_correct = correct.cpu().numpy() if from_test else None
-    tuned = personalized_models(exp, server, store, round, lr)
-    for c in range(part.num_clients):
-        idx = part.test_indices(c)
-        state = tuned[c] if c in tuned else algo.personal_model(server, store, c)
-        if state is None and global_correct is not None:
-            per_client.append(global_correct[idx])
+    for c, idx in plan.clients.items():
+        if states[c] is None and from_test:
+            per_client.append(global_correct[idx if rows is None else np.searchsorted(rows, idx)])
             continue
         t = torch.as_tensor(np.array(idx), device=exp.device)
-        per_client.append(predict(exp.model, state if state is not None else server.model, x[t], y[t])[1]
-                          .cpu().numpy())
+        state = states[c] if states[c] is not None else server.model
+        per_client.append(predict(exp.model, state, x[t], y[t], threads=exp.eval_threads)[1].cpu().numpy())
     personal = personal_summary(per_client)
-    test_loss = float(losses.mean()) if len(losses) else float("nan")
-    if len(losses) and not math.isfinite(test_loss):  # NaN metrics are a diverged run, never a finished one
+    test_loss = float(test_losses.mean()) if len(test_losses) else float("nan")
+    if len(test_losses) and not math.isfinite(test_loss):  # NaN metrics are a diverged run, never a finished one
         raise DivergenceError(f"evaluation diverged in round {round}: test_loss is {test_loss} (the global model's "
                               "outputs on the test split are not finite); lower --lr or add --clip 1.0", round, None)
-    return {
+    row = {
         "test_loss": test_loss,
-        "test_accuracy": float(correct.float().mean()) if len(correct) else float("nan"),
+        "test_accuracy": float(test_correct.float().mean()) if len(test_correct) else float("nan"),
         **{f"personal_accuracy_{k}": v for k, v in personal.items()},
     }
+    if evaluation_columns(exp.config):
+        row.update(test_samples=len(test_correct), personal_clients=sum(len(c) > 0 for c in per_client))
+    return row
+
+
+def dataset_source(exp: Experiment) -> dict:
+    """What the record says of where the data came from, besides its sha256: a Hugging Face dataset's name, revision
+    and fingerprints; a text dataset's vocabulary (its hash, and the file the run writes it to) and sequence length."""
+    info, vocabulary = exp.dataset.info, getattr(exp.dataset, "vocabulary", None)
+    source = {k: info[k] for k in ("hf", "seq_len") if k in info}
+    if vocabulary is not None:
+        source["vocabulary"] = {**vocabulary.record(), "file": vocabulary_path(exp.config).name}
+    return source
+
+
+def vocabulary_path(config: Config):
+    from pathlib import Path
+
+    return Path(config.out_dir) / f"{config.run_name()}.vocab.txt"
 
 
 def run_record(exp: Experiment) -> dict:
@@ -231,7 +280,7 @@ def run_record(exp: Experiment) -> dict:
         "identity": exp.identity.to_dict(),
         "dataset": {"name": exp.dataset.name, "sha256": exp.dataset.fingerprint(),
                     "train": len(exp.dataset.y_train), "test": len(exp.dataset.y_test),
-                    "classes": exp.dataset.num_classes},
+                    "classes": exp.dataset.num_classes, **dataset_source(exp)},
         "partition": {"hash": meta.get("sha256"), "scheme": meta.get("scheme"), "params": meta.get("params"),
                       "seed": meta.get("seed"), "num_clients": exp.partition.num_clients,
                       "file": exp.config.partition},
@@ -239,9 +288,11 @@ def run_record(exp: Experiment) -> dict:
                   "parameters": sum(p.numel() for p in exp.model.parameters()),
                   "initial_sha256": exp.identity.facts["initial_sha256"]},
         "executor": {"name": exp.executor.name, "reason": getattr(exp.executor, "reason", ""),
-                     "threads": exp.executor.threads.describe()},
+                     "threads": exp.executor.threads.describe(),
+                     "evaluation_threads": evaluation_threads(exp.config.threads).describe()},
         **({} if exp.malicious is None else {"malicious_clients": exp.malicious.tolist()}),
         **({} if exp.privacy is None else {"privacy": exp.privacy.record}),
+        **({"evaluation": evaluation_plan(exp).record()} if evaluation_columns(exp.config) else {}),
         "processes": 1 if exp.ranks is None else exp.ranks.world_size,  # torchrun's ranks sharing each cohort
         "status": "running",
     }
@@ -318,7 +369,8 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
         return pd.DataFrame()
     writer = RunWriter(config.out_dir, config.run_name(), config.overwrite, run_record(exp),
                        resume_round=None if checkpoint is None else checkpoint.round,
-                       columns=CSV_COLUMNS + ([] if exp.malicious is None else ["malicious"]) + stragglers.columns
+                       columns=CSV_COLUMNS + evaluation_columns(config)
+                       + ([] if exp.malicious is None else ["malicious"]) + stragglers.columns
                        + ([] if exp.privacy is None else PRIVACY_COLUMNS) + list(exp.channel.columns))
     done, saved = start, start.round  # the last completed round, and the last checkpointed one
     trackers = Trackers(config, writer.dir, config.run_name(), None if checkpoint is None else checkpoint.round)
@@ -331,6 +383,8 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
     status, detail = "stopped", None
     compiled_before = compile_seconds() if config.compile else 0.0
     try:
+        if getattr(exp.dataset, "vocabulary", None) is not None:  # the token ids the run's numbers stand for
+            exp.dataset.vocabulary.write(vocabulary_path(config))
         with stop_on_sigterm():
             for done, row in _user_errors_named(_round_loop(exp, writer, start, stragglers), config.debug):
                 if row is not None:

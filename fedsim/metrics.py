@@ -55,7 +55,8 @@ CSV_COLUMNS = [
     "elapsed_seconds",
 ]
 TIME_COLUMNS = ("round_seconds", "elapsed_seconds")
-INT_COLUMNS = ("round", "clients", "bytes_up", "bytes_down", "malicious", "stragglers", "dropped")
+INT_COLUMNS = ("round", "clients", "bytes_up", "bytes_down", "malicious", "stragglers", "dropped", "test_samples",
+               "personal_clients")
 
 
 @dataclass(frozen=True)

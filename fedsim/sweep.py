@@ -37,7 +37,8 @@ FIXED_ONLY = frozenset({"out_dir", "name", "overwrite", "quiet", "device", "data
 # their own draws, their partitions are index sets into the one copy of the data).
 STACKABLE = frozenset({"seed", "partition_seed", "name", "partition", "clients", "iid", "dirichlet", "shards",
                        "labels", "quantity_skew", "natural", "min_size", "client_test_fraction", "fraction",
-                       "min_clients", "rounds", "eval_every", "checkpoint_every", "quiet", "overwrite"})
+                       "min_clients", "rounds", "eval_every", "eval_sample", "eval_clients", "checkpoint_every",
+                       "quiet", "overwrite"})
 # The client optimizer's numbers: the executor takes them per job (a (K,) tensor each in the stacked step).
 OPTIMIZER_NUMBERS = frozenset({"lr", "lr_decay", "momentum", "weight_decay"})
 DEFAULT_MAX_RUNS = 1000
@@ -423,8 +424,8 @@ def _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, o
 
 def _loading_key(config: Config) -> str:
     """What loading the dataset depends on (see experiment.load_config_dataset): runs with equal keys share it."""
-    return json.dumps([config.dataset, config.data_dir, config.download, config.clients, config.normalize],
-                      default=str)
+    return json.dumps([config.dataset, config.data_dir, config.download, config.dataset_options()], default=str,
+                      sort_keys=True)
 
 
 def _set_up_each(runs: list[SweepRun], datasets: dict) -> list:

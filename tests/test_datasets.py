@@ -128,7 +128,8 @@ def write_cifar(root: Path, name: str, n_per_file: int = 4, seed: int = 0, str_k
 
 def test_registry_names():
     assert dataset_names() == ["digits", "mnist", "fashion-mnist", "emnist", "cifar10", "cifar100",
-                               "synthetic", "synthetic-iid", "shakespeare"]
+                               "synthetic", "synthetic-iid", "shakespeare", "femnist", "celeba", "sent140",
+                               "agnews"]
 
 
 def test_unknown_name_lists_the_known_ones():

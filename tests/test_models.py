@@ -26,7 +26,7 @@ from fedsim.models import (
 
 DIGITS, MNIST, CIFAR, SYNTHETIC = (1, 8, 8), (1, 28, 28), (3, 32, 32), (60,)
 # the built-ins for images and vectors (char-lstm takes character sequences: tested on its own)
-DENSE_MODELS = tuple(m for m in BUILTIN_MODELS if m != "char-lstm")
+DENSE_MODELS = tuple(m for m in BUILTIN_MODELS if m not in ("char-lstm", "fasttext", "transformer", "sent140-lstm"))
 
 
 def n_params(model: nn.Module) -> int:
@@ -49,7 +49,8 @@ def run(model: nn.Module, shape: tuple[int, ...], batch: int = 2, train: bool = 
 
 def test_model_names_are_the_builtins():
     assert model_names() == list(BUILTIN_MODELS) == ["mlp", "cnn", "cnn-bn", "fedavgcnn", "lenet5", "logreg",
-                                                     "char-lstm"]
+                                                     "char-lstm", "femnist-cnn", "celeba-cnn", "fasttext",
+                                                     "transformer", "sent140-lstm"]
     assert "resnet18" in torchvision_model_names()
     assert "fasterrcnn_resnet50_fpn" not in torchvision_model_names()
 
@@ -68,6 +69,8 @@ def test_importing_models_does_not_import_torchvision():
     ("cnn-bn", MNIST, 1_663_370 + 2 * (32 + 64)),
     ("lenet5", MNIST, 156 + 2_416 + (256 * 120 + 120) + (120 * 84 + 84) + 850),
     ("lenet5", CIFAR, 456 + 2_416 + (400 * 120 + 120) + (120 * 84 + 84) + 850),
+    ("femnist-cnn", MNIST, 832 + 51_264 + (3_136 * 2_048 + 2_048) + (2_048 * 10 + 10)),  # LEAF's, 2048 hidden
+    ("celeba-cnn", (3, 84, 84), 896 + 3 * 9_248 + 4 * 64 + (32 * 6 * 6 * 10 + 10)),  # 84 -> 42 -> 21 -> 11 -> 6
 ])
 def test_param_counts(name, shape, count):
     assert n_params(build_model(name, shape, 10)) == count

@@ -18,7 +18,10 @@ PARTITION = "Partition (choose one scheme; default --iid)"
 # tests/test_cli_partition.py checks that every registered dataset is named here.
 DATASET_HELP = ("Dataset: digits (built in, no files), mnist, fashion-mnist, emnist, cifar10, cifar100, "
                 "synthetic, synthetic(ALPHA,BETA), synthetic-iid (FedProx's), shakespeare (LEAF's next "
-                "character); the last four have a --natural split.")
+                "character), femnist, celeba, sent140 (LEAF's JSON files), agnews (text: its CSV files), "
+                "hf:NAME[:CONFIG] (a Hugging Face dataset: a Hub name, a save_to_disk folder, parquet/arrow/csv "
+                "files; pip install -e '.\\[hf]'), a folder of images or an .npz file. synthetic, shakespeare and "
+                "LEAF's have a --natural split.")
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", help=DATASET_HELP, rich_help_panel=DATA)]
 DataDirOpt = Annotated[str | None, typer.Option(
@@ -62,3 +65,47 @@ SeedOpt = Annotated[int, typer.Option(
 PartitionSeedOpt = Annotated[int | None, typer.Option(
     "--partition-seed", metavar="SEED", show_default=False, rich_help_panel=PARTITION,
     help="Seed of the partition when it should differ from --seed (default: --seed).")]
+
+# How the data is read: `fedsim train` and `fedsim partition` (so a partition is made of the data a run trains on)
+HF = "Hugging Face datasets (--dataset hf:NAME)"
+NormalizeOpt = Annotated[str | None, typer.Option(
+    "--normalize", rich_help_panel=DATA,
+    help="Pixel scaling of digits and the image datasets: standard (per-channel mean/std), symmetric ([-1, 1], "
+         "PFLlib), unit ([0, 1], McMahan et al.). Default: standard (digits: symmetric).")]
+ImageSizeOpt = Annotated[str | None, typer.Option(
+    "--image-size", metavar="H[,W]", rich_help_panel=DATA,
+    help="A folder of images, celeba or an hf: image dataset: resize every image to H x W (needed when their sizes "
+         "differ).")]
+TestFractionOpt = Annotated[float | None, typer.Option(
+    "--test-fraction", metavar="F", rich_help_panel=DATA,
+    help="A folder of images with only class folders, or an hf: dataset with one split: hold out F of each class "
+         "as the test split (default 0.2).")]
+SeqLenOpt = Annotated[int | None, typer.Option(
+    "--seq-len", metavar="L", show_default=False, rich_help_panel=DATA,
+    help="Text: tokens per text, cut or padded (default 200, PFLlib's AG News; sent140: 25, LEAF's).")]
+VocabSizeOpt = Annotated[int | None, typer.Option(
+    "--vocab-size", metavar="K", show_default=False, rich_help_panel=DATA,
+    help="Text: keep the K most frequent tokens of the training split, padding and unknown included (default "
+         "20000); written beside the run as <name>.vocab.txt.")]
+EmbeddingsOpt = Annotated[str | None, typer.Option(
+    "--embeddings", metavar="FILE", show_default=False, rich_help_panel=DATA,
+    help="Text: word vectors in GloVe's text format (glove.6B.300d.txt); the text models' embedding starts from "
+         "them (default: random).")]
+HfImageColumnOpt = Annotated[str | None, typer.Option(
+    "--hf-image-column", metavar="COLUMN", show_default=False, rich_help_panel=HF,
+    help="The input images (default: the one Image feature).")]
+HfTextColumnOpt = Annotated[str | None, typer.Option(
+    "--hf-text-column", metavar="COLUMN", show_default=False, rich_help_panel=HF,
+    help="The input texts instead (default: the one string column, or one named text, sentence or content).")]
+HfLabelColumnOpt = Annotated[str | None, typer.Option(
+    "--hf-label-column", metavar="COLUMN", show_default=False, rich_help_panel=HF,
+    help="The labels, a ClassLabel or integers (default: the one ClassLabel, else label or labels).")]
+HfClientColumnOpt = Annotated[str | None, typer.Option(
+    "--hf-client-column", metavar="COLUMN", show_default=False, rich_help_panel=HF,
+    help="One client per distinct value of this column (writer, user, speaker): the --natural split.")]
+HfTrainSplitOpt = Annotated[str | None, typer.Option(
+    "--hf-train-split", metavar="SPLIT", show_default=False, rich_help_panel=HF,
+    help="The training split (default: train).")]
+HfTestSplitOpt = Annotated[str | None, typer.Option(
+    "--hf-test-split", metavar="SPLIT", show_default=False, rich_help_panel=HF,
+    help="The test split (default: test, else validation, else --test-fraction of the training split).")]

@@ -19,13 +19,25 @@ from fedsim.commands.options import (
     DatasetOpt,
     DirichletOpt,
     DownloadOpt,
+    EmbeddingsOpt,
+    HfClientColumnOpt,
+    HfImageColumnOpt,
+    HfLabelColumnOpt,
+    HfTestSplitOpt,
+    HfTextColumnOpt,
+    HfTrainSplitOpt,
     IidOpt,
+    ImageSizeOpt,
     LabelsOpt,
     MinSizeOpt,
     NaturalOpt,
+    NormalizeOpt,
     QuantitySkewOpt,
     SeedOpt,
+    SeqLenOpt,
     ShardsOpt,
+    TestFractionOpt,
+    VocabSizeOpt,
 )
 from fedsim.files import write_atomically
 
@@ -48,6 +60,18 @@ def partition(
     min_size: MinSizeOpt = 10,
     client_test_fraction: ClientTestFractionOpt = None,
     seed: SeedOpt = 0,
+    normalize: NormalizeOpt = None,
+    image_size: ImageSizeOpt = None,
+    test_fraction: TestFractionOpt = None,
+    seq_len: SeqLenOpt = None,
+    vocab_size: VocabSizeOpt = None,
+    embeddings: EmbeddingsOpt = None,
+    hf_image_column: HfImageColumnOpt = None,
+    hf_text_column: HfTextColumnOpt = None,
+    hf_label_column: HfLabelColumnOpt = None,
+    hf_client_column: HfClientColumnOpt = None,
+    hf_train_split: HfTrainSplitOpt = None,
+    hf_test_split: HfTestSplitOpt = None,
     out: Annotated[Path | None, typer.Option(
         "--out", metavar="PATH", show_default=False, rich_help_panel=OUTPUT,
         help="Where to save the partition (default: results/partitions/<dataset>-<scheme><param>-"
@@ -88,25 +112,29 @@ def partition(
         if plot is not None:
             _check_plot_path(plot)
         console = Console(highlight=False, soft_wrap=True)  # long paths stay whole, for copying
+        # the data is read as `fedsim train` reads it, so the partition is made of (and checks) the data a run trains on
+        cfg = Config(dataset=dataset, data_dir=data_dir, download=download, clients=clients, iid=iid,
+                     dirichlet=dirichlet, shards=shards, labels=labels, quantity_skew=quantity_skew,
+                     natural=natural, min_size=min_size, client_test_fraction=client_test_fraction, seed=seed,
+                     normalize=normalize, image_size=image_size, test_fraction=test_fraction, seq_len=seq_len,
+                     vocab_size=vocab_size, embeddings=embeddings, hf_image_column=hf_image_column,
+                     hf_text_column=hf_text_column, hf_label_column=hf_label_column,
+                     hf_client_column=hf_client_column, hf_train_split=hf_train_split, hf_test_split=hf_test_split)
         if inspect is not None:
             part = load_partition(inspect)
             # devices: a generated dataset (synthetic) has as many devices as the partition has clients
             data = load_dataset(part.meta["dataset"], data_dir, device="cpu", download=download,
-                                devices=part.num_clients)
+                                **{**cfg.dataset_options(), "devices": part.num_clients})
             part.check_matches(data)
             path = None
         else:
-            cfg = Config(dataset=dataset, data_dir=data_dir, download=download, clients=clients, iid=iid,
-                         dirichlet=dirichlet, shards=shards, labels=labels, quantity_skew=quantity_skew,
-                         natural=natural, min_size=min_size, client_test_fraction=client_test_fraction,
-                         seed=seed)
             scheme, param = cfg.scheme
             if scheme != "natural":  # the argument checks, before spending time on the data
                 make_partitioner(scheme, DEFAULT_CLIENTS if clients is None else clients, seed, param, min_size)
             if client_test_fraction is not None:
                 check_client_test_fraction(client_test_fraction)
             # --clients also sets how many devices a generated dataset (synthetic) has, as in fedsim train
-            data = load_dataset(dataset, data_dir, device="cpu", download=download, devices=clients)
+            data = load_dataset(dataset, data_dir, device="cpu", download=download, **cfg.dataset_options())
             scheme, param = scheme_for(cfg, data)  # a dataset with its own devices defaults to natural
             part = build_partition(data, scheme, clients, seed, param, min_size, client_test_fraction)
             path = out if out is not None else default_partition_path(

@@ -20,14 +20,26 @@ from fedsim.commands.options import (
     DatasetOpt,
     DirichletOpt,
     DownloadOpt,
+    EmbeddingsOpt,
+    HfClientColumnOpt,
+    HfImageColumnOpt,
+    HfLabelColumnOpt,
+    HfTestSplitOpt,
+    HfTextColumnOpt,
+    HfTrainSplitOpt,
     IidOpt,
+    ImageSizeOpt,
     LabelsOpt,
     MinSizeOpt,
     NaturalOpt,
+    NormalizeOpt,
     PartitionSeedOpt,
     QuantitySkewOpt,
     SeedOpt,
+    SeqLenOpt,
     ShardsOpt,
+    TestFractionOpt,
+    VocabSizeOpt,
 )
 
 
@@ -70,17 +82,21 @@ def train(
     client_test_fraction: ClientTestFractionOpt = None,
     partition_seed: PartitionSeedOpt = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:K.", rich_help_panel=_DATA)] = "auto",
-    normalize: Annotated[str | None, typer.Option(
-        help="Pixel scaling of digits and the image datasets: standard (per-channel mean/std), symmetric ([-1, 1], "
-             "PFLlib), unit ([0, 1], McMahan et al.). Default: standard (digits: symmetric).",
-        rich_help_panel=_DATA)] = None,
-    image_size: Annotated[str | None, typer.Option(
-        metavar="H[,W]", help="A folder of images: resize every image to H x W (needed when their sizes differ).",
-        rich_help_panel=_DATA)] = None,
-    test_fraction: Annotated[float | None, typer.Option(
-        metavar="F", help="A folder of images with only class folders: hold out F of each class as the test split "
-                          "(default 0.2).", rich_help_panel=_DATA)] = None,
-    model: Annotated[str, typer.Option(help="mlp, cnn, cnn-bn, fedavgcnn, lenet5, logreg, char-lstm, any torchvision "
+    normalize: NormalizeOpt = None,
+    image_size: ImageSizeOpt = None,
+    test_fraction: TestFractionOpt = None,
+    seq_len: SeqLenOpt = None,
+    vocab_size: VocabSizeOpt = None,
+    embeddings: EmbeddingsOpt = None,
+    hf_image_column: HfImageColumnOpt = None,
+    hf_text_column: HfTextColumnOpt = None,
+    hf_label_column: HfLabelColumnOpt = None,
+    hf_client_column: HfClientColumnOpt = None,
+    hf_train_split: HfTrainSplitOpt = None,
+    hf_test_split: HfTestSplitOpt = None,
+    model: Annotated[str, typer.Option(help="mlp, cnn, cnn-bn, fedavgcnn, lenet5, logreg, char-lstm (shakespeare), "
+                                       "femnist-cnn, celeba-cnn (LEAF's), fasttext, transformer, sent140-lstm (text), "
+                                       "any torchvision "
                                        "classifier (resnet18, mobilenet_v3_small, vit_b_16, ...), or your own as "
                                        "package.module:attr (an nn.Module class or a factory f(input_shape, "
                                        "num_classes); the current folder is on the import path).",
@@ -179,6 +195,14 @@ def train(
     seed: SeedOpt = 0,
     eval_every: Annotated[int, typer.Option(help="Evaluate (and write a CSV row) every N rounds.",
                                             rich_help_panel=_RUN)] = 1,
+    eval_sample: Annotated[float | None, typer.Option(
+        metavar="N|F", show_default=False, rich_help_panel=_RUN,
+        help="Measure test_loss and test_accuracy on N samples (or a fraction F < 1) of the test split instead of all "
+             "of it: drawn from --seed once, the same every round (TFF's StackOverflow evaluation).")] = None,
+    eval_clients: Annotated[float | None, typer.Option(
+        metavar="N|F", show_default=False, rich_help_panel=_RUN,
+        help="Measure the personal_accuracy columns over N clients (or a fraction F < 1) instead of all: drawn from "
+             "--seed once, the same every round (FedScale's evaluation).")] = None,
     checkpoint_every: Annotated[int, typer.Option(
         metavar="K", rich_help_panel=_RUN,
         help="Write <name>.ckpt (to --resume from) every K rounds, after the last round and when stopped by "
@@ -275,7 +299,8 @@ def _show_split(cfg) -> None:
     if ":" in cfg.model:  # the user's own, package.module:attr, resolved as training resolves it
         model = resolve_model(cfg.model, ds.input_shape, ds.num_classes, input_dtype=ds.x_train.dtype, debug=cfg.debug)
     else:
-        model = build_model(cfg.model, ds.input_shape, ds.num_classes, pretrained=cfg.pretrained)
+        model = build_model(cfg.model, ds.input_shape, ds.num_classes, pretrained=cfg.pretrained,
+                            vocabulary=ds.vocabulary)
     Console().print(describe_split(model, find_head(model, cfg.head)))
 
 

@@ -126,6 +126,11 @@ def group_runs(runs: Sequence[Run], on_warning: Warn | None = None) -> list[Grou
             g.differing = {k: g.config.get(k) for k in varying}
             g.name = " ".join(f"{k}={_fmt_value(v)}" for k, v in g.differing.items())
 
+    sampled = {(_fmt_value(g.config.get("eval_sample")), _fmt_value(g.config.get("eval_clients"))) for g in configured}
+    if len(sampled) > 1:
+        shown = "; ".join(f"--eval-sample {a}, --eval-clients {b}" for a, b in sorted(sampled))
+        warn(f"the runs were evaluated on different samples ({shown}: None = all): their test and personal "
+             "accuracies are not measured on the same data")
     for g in configured:
         seeds = Counter(r.seed for r in g.runs)
         repeated = sorted(str(s) for s, c in seeds.items() if c > 1)

@@ -15,6 +15,7 @@ MALICIOUS, ATTACK = 4, 5  # fedsim.robust: the fixed malicious subset (seed); an
 STRAGGLERS, DROPOUT = 6, 7  # --stragglers: who straggles (round) and its local work (round, client); --client-dropout
 DP_NOISE, DP_LOCAL_NOISE, DP_COUNT = 8, 9, 10  # fedsim.privacy: the server's noise (round), a client's (round,
 #                                                client), adaptive clipping's noised count (round)
+EVAL_SAMPLE, EVAL_CLIENTS = 11, 12  # --eval-sample's test rows, --eval-clients' clients: (seed) only, fixed for a run
 
 
 def keyed_rng(purpose: int, seed: int, *keys: int) -> np.random.Generator:

@@ -6,7 +6,9 @@ an index gather on the device.
 Datasets: `digits` (embedded, needs no files); `mnist`, `fashion-mnist`, `emnist` (balanced split,
 47 classes), `cifar10`, `cifar100` read from torchvision's layout under the data folder, `.gz` idx files
 included, never writing there (`download=True` fetches missing files with torchvision); `synthetic`,
-`synthetic(ALPHA,BETA)`, `synthetic-iid`: FedProx's generator, with its own per-device split.
+`synthetic(ALPHA,BETA)`, `synthetic-iid`: FedProx's generator, with its own per-device split; `shakespeare`,
+`femnist`, `celeba`, `sent140`: LEAF's tasks with their natural splits (shakespeare.py, leaf.py); `agnews`: text
+classification (agnews.py, text.py); `hf:NAME[:CONFIG]`: a Hugging Face dataset (hf.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Dataset:
     natural_train: list[np.ndarray] | None = None
     natural_test: list[np.ndarray] | None = None
     info: dict = field(default_factory=dict)
+    # A text dataset's token ids (fedsim/data/text.py's Vocabulary): the text models size their embedding by it.
+    vocabulary: object = None
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -482,6 +486,34 @@ def _load_shakespeare(data_dir: Path, download: bool, **_) -> Dataset:
     return load_shakespeare(data_dir)
 
 
+def _load_femnist(data_dir: Path, download: bool, normalize: str | None = None, **_) -> Dataset:
+    """LEAF's FEMNIST, a client per writer, from LEAF's JSON files under data_dir (see fedsim/data/leaf.py)."""
+    from fedsim.data.leaf import load_femnist
+
+    return load_femnist(data_dir, normalize)
+
+
+def _load_celeba(data_dir: Path, download: bool, image_size=None, normalize: str | None = None, **_) -> Dataset:
+    """LEAF's CelebA (smiling or not), a client per celebrity, from LEAF's JSON files and images (leaf.py)."""
+    from fedsim.data.leaf import load_celeba
+
+    return load_celeba(data_dir, data_dir, image_size, normalize)
+
+
+def _load_sent140(data_dir: Path, download: bool, seq_len=None, vocab_size=None, embeddings=None, **_) -> Dataset:
+    """LEAF's Sent140 (tweet sentiment), a client per user, from LEAF's JSON files (fedsim/data/leaf.py)."""
+    from fedsim.data.leaf import load_sent140
+
+    return load_sent140(data_dir, seq_len, vocab_size, embeddings)
+
+
+def _load_agnews(data_dir: Path, download: bool, seq_len=None, vocab_size=None, embeddings=None, **_) -> Dataset:
+    """AG News from its original CSV files under data_dir (see fedsim/data/agnews.py)."""
+    from fedsim.data.agnews import load_agnews
+
+    return load_agnews(data_dir, seq_len, vocab_size, embeddings)
+
+
 # --------------------------------------------------------------------------------------------------
 # The registry
 # --------------------------------------------------------------------------------------------------
@@ -493,6 +525,10 @@ LOADERS = {
     "synthetic": _load_synthetic,
     "synthetic-iid": _load_synthetic_iid,
     "shakespeare": _load_shakespeare,
+    "femnist": _load_femnist,
+    "celeba": _load_celeba,
+    "sent140": _load_sent140,
+    "agnews": _load_agnews,
 }
 
 # Options load_dataset passes on. `seed` and `devices` are generic (a caller may pass them for any
@@ -501,10 +537,17 @@ LOADERS = {
 _GENERIC_OPTIONS = {"seed", "devices"}
 _SYNTHETIC_OPTIONS = {"alpha", "beta", "iid"}
 _FOLDER_OPTIONS = {"image_size", "test_fraction", "normalize"}
+# text datasets' (fedsim/data/text.py) and `hf:NAME` datasets' own (fedsim/data/hf.py)
+_TEXT_OPTIONS = {"seq_len", "vocab_size", "embeddings"}
+_HF_OPTIONS = {"hf_image_column", "hf_label_column", "hf_text_column", "hf_client_column", "hf_train_split",
+               "hf_test_split"}
+# registered datasets that take options of the groups above
+_TAKES = {"femnist": {"normalize"}, "celeba": {"normalize", "image_size"}, "sent140": _TEXT_OPTIONS,
+          "agnews": _TEXT_OPTIONS}
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
             "emnist-balanced": "emnist", "cifar-10": "cifar10", "cifar-100": "cifar100",
-            "synthetic_iid": "synthetic-iid"}
+            "synthetic_iid": "synthetic-iid", "ag_news": "agnews", "ag-news": "agnews"}
 
 _SYNTHETIC_NAME = re.compile(r"synthetic\((.*)\)")
 
@@ -533,7 +576,8 @@ def _resolve(name: str, options: dict) -> tuple[str, dict]:
         return "synthetic", {**options, "alpha": alpha, "beta": beta}
     if key not in LOADERS:
         raise FedsimError(f"unknown dataset {name!r}: choose one of {', '.join(LOADERS)} "
-                          f"(or synthetic(ALPHA,BETA)), or give a folder of images or an .npz file")
+                          f"(or synthetic(ALPHA,BETA)), hf:NAME for a Hugging Face dataset, or give a folder of "
+                          f"images or an .npz file")
     return key, options
 
 
@@ -544,42 +588,57 @@ def load_dataset(name: str = "digits", data_dir: str | Path | None = None, devic
     Names: digits (embedded), mnist, fashion-mnist, emnist (balanced split), cifar10, cifar100 (files in
     torchvision's layout under `data_dir`; `download=True` fetches missing ones with torchvision), and
     synthetic (= synthetic(1,1)), synthetic(ALPHA,BETA), synthetic-iid (FedProx's generator), shakespeare
-    (LEAF's next-character task from tinyshakespeare/input.txt). A name that is no registered name but a
-    folder of images or an .npz file loads that (fedsim/data/paths.py).
+    (LEAF's next-character task from tinyshakespeare/input.txt), femnist, celeba, sent140 (LEAF's JSON files,
+    fedsim/data/leaf.py), agnews (its CSV files); `hf:NAME[:CONFIG]` a Hugging Face dataset (fedsim/data/hf.py).
+    A name that is no registered name but a folder of images or an .npz file loads that (fedsim/data/paths.py).
     Options (None means not given): `seed`, `devices` (used by the synthetic datasets, `seed` also by an
     image folder's test split; ignored by the others), `alpha`, `beta`, `iid` (synthetic only),
     `image_size`, `test_fraction` (a folder of images only), `normalize` (digits, the image datasets and a folder
-    of images: one of NORMALIZATIONS, None for their usual scaling).
+    of images: one of NORMALIZATIONS, None for their usual scaling); `seq_len`, `vocab_size`, `embeddings` (text
+    datasets: fedsim/data/text.py); `hf_*` (the columns and splits of an hf: dataset).
     """
+    from fedsim.data.hf import is_hf, load_hf
     from fedsim.data.paths import dataset_path, load_path
 
     options = {k: v for k, v in options.items() if v is not None}
-    known = _GENERIC_OPTIONS | _SYNTHETIC_OPTIONS | _FOLDER_OPTIONS
+    known = _GENERIC_OPTIONS | _SYNTHETIC_OPTIONS | _FOLDER_OPTIONS | _TEXT_OPTIONS | _HF_OPTIONS
     unknown = sorted(set(options) - known)
     if unknown:
         raise FedsimError(f"unknown dataset option(s) {', '.join(unknown)}: known ones are "
                           f"{', '.join(sorted(known))}")
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    key = "".join(name.split()).lower() if isinstance(name, str) else None
-    path = None if key is None or _ALIASES.get(key, key) in LOADERS or _SYNTHETIC_NAME.fullmatch(key) \
-        else dataset_path(name)
     mode = options.get("normalize")
     if mode is not None and mode not in NORMALIZATIONS:
         raise FedsimError(f"unknown --normalize {mode!r}: choose one of {', '.join(NORMALIZATIONS)}")
-    if path is not None:
+    if is_hf(name):
         misplaced = sorted(set(options) & _SYNTHETIC_OPTIONS)
         if misplaced:
-            raise FedsimError(f"dataset {name}: option(s) {', '.join(misplaced)} apply only to the synthetic "
-                              f"datasets")
+            raise FedsimError(f"dataset {name}: option(s) {', '.join(misplaced)} apply only to the synthetic datasets")
+        options.pop("devices", None)
+        return load_hf(name[len("hf:"):], root, **options).to(device)
+    misplaced = sorted(set(options) & _HF_OPTIONS)
+    if misplaced:
+        raise FedsimError(f"dataset {name}: option(s) {', '.join('--' + m.replace('_', '-') for m in misplaced)} "
+                          f"apply only to --dataset hf:NAME")
+    key = "".join(name.split()).lower() if isinstance(name, str) else None
+    path = None if key is None or _ALIASES.get(key, key) in LOADERS or _SYNTHETIC_NAME.fullmatch(key) \
+        else dataset_path(name)
+    if path is not None:
+        for group, owner in ((_SYNTHETIC_OPTIONS, "the synthetic datasets"),
+                             (_TEXT_OPTIONS, "text datasets (sent140, agnews, a text hf:NAME)")):
+            misplaced = sorted(set(options) & group)
+            if misplaced:
+                raise FedsimError(f"dataset {name}: option(s) {', '.join(misplaced)} apply only to {owner}")
         return load_path(path, root, **options).to(device)
     key, options = _resolve(name, options)
-    own = _SYNTHETIC_OPTIONS if key.startswith("synthetic") else set()
+    own = (_SYNTHETIC_OPTIONS if key.startswith("synthetic") else set()) | _TAKES.get(key, set())
     if "normalize" in options:
-        if key != "digits" and key not in _IMAGE_SPECS:
-            raise FedsimError(f"--normalize applies to digits, the image datasets ({', '.join(_IMAGE_SPECS)}) and "
-                              f"folders of images, not to {key}: its inputs are not pixels")
+        if key != "digits" and key not in _IMAGE_SPECS and "normalize" not in own:
+            raise FedsimError(f"--normalize applies to digits, the image datasets ({', '.join(_IMAGE_SPECS)}, "
+                              f"femnist, celeba) and folders of images, not to {key}: its inputs are not pixels")
         own = own | {"normalize"}
-    for group, owner in ((_SYNTHETIC_OPTIONS, "the synthetic datasets"), (_FOLDER_OPTIONS, "a folder of images")):
+    for group, owner in ((_SYNTHETIC_OPTIONS, "the synthetic datasets"), (_FOLDER_OPTIONS, "a folder of images"),
+                         (_TEXT_OPTIONS, "text datasets (sent140, agnews, a text hf:NAME)")):
         misplaced = sorted(set(options) & group - own)
         if misplaced:
             raise FedsimError(f"dataset {key}: option(s) {', '.join(misplaced)} apply only to {owner}")

@@ -85,8 +85,9 @@ def _image_size(image_size) -> tuple[int, int] | None:
     return int(size[0]), int(size[1])
 
 
-def _decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """One image as uint8 (H, W) for gray or (H, W, 3) for colour, resized to `size` (H, W) when given."""
+def _decode(path, size: tuple[int, int] | None, name: str | None = None) -> np.ndarray:
+    """One image (a path, or a file object named `name`) as uint8 (H, W) for gray or (H, W, 3) for colour, resized
+    to `size` (H, W) when given."""
     from PIL import Image
 
     try:
@@ -96,20 +97,30 @@ def _decode(path: Path, size: tuple[int, int] | None) -> np.ndarray:
                 image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise FedsimError(f"image folder: cannot read image {path} ({' '.join(str(e).split())[:200]}); "
+        raise FedsimError(f"cannot read image {name or path} ({' '.join(str(e).split())[:200]}); "
                           f"replace or remove it") from None
 
 
-def _decode_all(files: list[Path], size: tuple[int, int] | None) -> np.ndarray:
-    """Every file decoded in a thread pool (Pillow releases the GIL while decoding) as uint8 (N, C, H, W)."""
+def _decode_all(files: list, size: tuple[int, int] | None, names: list[str] | None = None,
+                on_decoded=None) -> np.ndarray:
+    """Every file (a path, or a file object named by `names`) decoded in a thread pool (Pillow releases the GIL
+    while decoding) as uint8 (N, C, H, W); `on_decoded()` after each (a progress bar)."""
+    names = names or [Path(f).name for f in files]
     workers = min(32, (os.cpu_count() or 1) + 4)
+
+    def decode(item):
+        image = _decode(item[0], size, item[1])
+        if on_decoded is not None:
+            on_decoded()
+        return image
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        images = list(pool.map(lambda p: _decode(p, size), files))
+        images = list(pool.map(decode, zip(files, names, strict=True)))
     shapes = {im.shape[:2] for im in images}
     if len(shapes) > 1:
         first = images[0].shape[:2]
         other = next(i for i, im in enumerate(images) if im.shape[:2] != first)
-        raise FedsimError(f"images differ in size ({files[0].name} is {first[0]}x{first[1]}, {files[other].name} "
+        raise FedsimError(f"images differ in size ({names[0]} is {first[0]}x{first[1]}, {names[other]} "
                           f"{images[other].shape[0]}x{images[other].shape[1]}): pass --image-size H[,W] to resize "
                           f"them all")
     colour = any(im.ndim == 3 for im in images)
@@ -206,6 +217,16 @@ def _stratified_test(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return is_test
 
 
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images scaled to [0, 1], from each channel's histogram of
+    pixel values: exact, with no float copy of the images."""
+    counts = np.stack([np.bincount(images[:, c].ravel(), minlength=256) for c in range(images.shape[1])])
+    values = np.arange(256) / 255.0
+    mean = counts @ values / counts.sum(axis=1)
+    std = np.sqrt(np.maximum(counts @ values**2 / counts.sum(axis=1) - mean**2, 1e-16))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
 def load_image_folder(path: str | Path, data_dir: str | Path, image_size=None, test_fraction: float | None = None,
                       seed: int | None = None, normalize: str | None = None):
     """The Dataset of an image folder (see the module docstring)."""
@@ -244,12 +265,7 @@ def load_image_folder(path: str | Path, data_dir: str | Path, image_size=None, t
         cache_file = _write_cache(candidates, {"images": images})
     images = images.numpy()
     train, test = images[~is_test], images[is_test]
-    # the train split's mean and std from each channel's histogram of pixel values: exact, no float copy of the images
-    counts = np.stack([np.bincount(train[:, c].ravel(), minlength=256) for c in range(train.shape[1])])
-    values = np.arange(256) / 255.0
-    own_mean = counts @ values / counts.sum(axis=1)
-    own_std = np.sqrt(np.maximum(counts @ values**2 / counts.sum(axis=1) - own_mean**2, 1e-16))
-    mean, std = _scaling(normalize, tuple(own_mean.tolist()), tuple(own_std.tolist()))
+    mean, std = _scaling(normalize, *channel_stats(train))
     info = {"folder": str(path.resolve()), "classes": classes, "layout": "train/test" if given else "classes",
             "test_fraction": None if given else test_fraction, "mode": "RGB" if images.shape[1] == 3 else "L",
             "image_size": list(images.shape[2:]), "normalize": normalize or "standard", "mean": list(mean),

@@ -1,6 +1,6 @@
 """Models: the built-ins, any torchvision classifier by name, and the base/head split.
 
-    build_model(name, input_shape, num_classes, pretrained=False) -> nn.Module
+    build_model(name, input_shape, num_classes, pretrained=False, vocabulary=None) -> nn.Module
     resolve_model(model_or_spec, input_shape, num_classes) -> nn.Module: a user's model, factory or "module:attr"
     user_code_errors(what, debug) -> a context in which an error of the user's code is one FedsimError line
     model_names() -> built-in names;  torchvision_model_names() -> torchvision classifiers
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN_MODELS = ("mlp", "cnn", "cnn-bn", "fedavgcnn", "lenet5", "logreg", "char-lstm")
+BUILTIN_MODELS = ("mlp", "cnn", "cnn-bn", "fedavgcnn", "lenet5", "logreg", "char-lstm", "femnist-cnn", "celeba-cnn",
+                  "fasttext", "transformer", "sent140-lstm")
 
 _LAZY = {
     "build_model": "fedsim.models.zoo",
@@ -36,6 +37,10 @@ _LAZY = {
     "FedAvgCNN": "fedsim.models.builtin",
     "LeNet5": "fedsim.models.builtin",
     "CharLSTM": "fedsim.models.builtin",
+    "CelebaCNN": "fedsim.models.builtin",
+    "FastText": "fedsim.models.builtin",
+    "TextTransformer": "fedsim.models.builtin",
+    "Sent140LSTM": "fedsim.models.builtin",
     "resolve_model": "fedsim.models.user",
     "user_code_errors": "fedsim.models.user",
 }

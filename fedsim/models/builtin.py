@@ -9,7 +9,9 @@ Small images: a conv model whose valid convolutions and poolings need more pixel
 (bilinear) to the smallest size it accepts, e.g. sklearn digits 8x8 -> 16x16. Larger inputs are used as
 they are. Vector inputs (D,) go only to ``mlp`` and ``logreg``; a conv model on vectors is a FedsimError.
 ``char-lstm`` takes (L,) sequences of int64 character indices (the Shakespeare dataset) and names its layers
-``embedding``, ``lstm``, ``fc``.
+``embedding``, ``lstm``, ``fc``. The text models (``fasttext``, ``transformer``, ``sent140-lstm``) take (L,) int64
+token ids of a text dataset and size their ``embedding`` by its vocabulary (token 0 is padding); when the dataset
+read word vectors (``--embeddings``), the embedding starts from them, as wide as they are, and is trained.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class CNN(nn.Module):
     min_size = 4
 
     def __init__(self, in_channels: int, image_size: tuple[int, int], num_classes: int,
-                 batch_norm: bool = False):
+                 batch_norm: bool = False, hidden: int = 512):
         super().__init__()
         self.resize_to = _upsample_target(image_size, self.min_size)
         h, w = self.resize_to or image_size
@@ -88,8 +90,8 @@ class CNN(nn.Module):
         self.bn1 = nn.BatchNorm2d(32) if batch_norm else None
         self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
         self.bn2 = nn.BatchNorm2d(64) if batch_norm else None
-        self.fc1 = nn.Linear(64 * (h // 4) * (w // 4), 512)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc1 = nn.Linear(64 * (h // 4) * (w // 4), hidden)
+        self.fc = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _resize(x, self.resize_to)
@@ -179,6 +181,137 @@ class CharLSTM(nn.Module):
         return self.fc(out[:, -1])
 
 
+class CelebaCNN(nn.Module):
+    """LEAF's CelebA model (models/celeba/cnn.py): four times conv3x3(32, 'same') -> BatchNorm -> maxpool 2 ('same':
+    the size rounds up) -> ReLU, then a Linear to the classes (31,202 parameters on 84x84x3)."""
+
+    def __init__(self, in_channels: int, image_size: tuple[int, int], num_classes: int, blocks: int = 4):
+        super().__init__()
+        h, w = image_size
+        for i in range(1, blocks + 1):
+            setattr(self, f"conv{i}", nn.Conv2d(in_channels if i == 1 else 32, 32, 3, padding=1))
+            setattr(self, f"bn{i}", nn.BatchNorm2d(32))
+            h, w = -(-h // 2), -(-w // 2)
+        self.blocks = blocks
+        self.fc = nn.Linear(32 * h * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.blocks + 1):
+            x = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x))
+            x = F.relu(F.max_pool2d(x, 2, ceil_mode=True))
+        return self.fc(x.flatten(1))
+
+
+def _token_ids(name: str, x: torch.Tensor) -> None:
+    if x.is_floating_point():
+        raise FedsimError(f"model {name} takes int64 token ids (a text dataset: agnews, sent140, an hf: text "
+                          f"dataset), got {x.dtype} inputs")
+
+
+def _embedding(vocabulary, width: int) -> nn.Embedding:
+    """The token embedding: from the vocabulary's word vectors when it has them (their width), else random. Padding
+    (id 0) is masked in the models' forward (`_embed`), not by `padding_idx`: torch.func.vmap's batching rule of the
+    embedding's backward ignores padding_idx, so the vmap executor would train the padding row."""
+    vectors = getattr(vocabulary, "vectors", None)
+    if vectors is None:
+        return nn.Embedding(len(vocabulary), width)
+    return nn.Embedding.from_pretrained(torch.as_tensor(vectors, dtype=torch.float32).clone(), freeze=False)
+
+
+def _embed(embedding: nn.Embedding, x: torch.Tensor) -> torch.Tensor:
+    """The embeddings of token ids `x`, zero at padding (id 0)."""
+    return embedding(x) * (x != 0).unsqueeze(-1)
+
+
+class FastText(nn.Module):
+    """PFLlib's fastText (Joulin et al., "Bag of Tricks for Efficient Text Classification", EACL 2017): the mean of
+    the token embeddings over the sequence (padding embeds as 0 and counts in the mean, as PFLlib's), a Linear
+    of the same width, and a Linear to the classes; width 32, PFLlib's AG News setting. An Embedding and two
+    Linears, no recurrence: the vmap executor trains it."""
+
+    def __init__(self, vocabulary, num_classes: int, width: int = 32):
+        super().__init__()
+        self.embedding = _embedding(vocabulary, width)
+        width = self.embedding.embedding_dim
+        self.fc1 = nn.Linear(width, width)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _token_ids("fasttext", x)
+        return self.fc(self.fc1(_embed(self.embedding, x).mean(1)))
+
+
+class EncoderBlock(nn.Module):
+    """A pre-norm transformer encoder layer (Vaswani et al. 2017; Xiong et al. 2020's pre-LN order), written with
+    plain Linear layers and no dropout so that torch.func.vmap batches it and the vmap executor's Linear updates
+    apply: x + attention(LN(x)) over the tokens that are not padding, then x + FF(LN(x))."""
+
+    def __init__(self, width: int, heads: int, hidden: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.ff1 = nn.Linear(width, hidden)
+        self.ff2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        n, length, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(width // self.heads)
+        scores = scores.masked_fill(~keep[:, None, None, :], -1e9)  # padding is never attended to
+        attended = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, length, width)
+        x = x + self.proj(attended)
+        return x + self.ff2(F.relu(self.ff1(self.norm2(x))))
+
+
+class TextTransformer(nn.Module):
+    """A small transformer encoder for text classification: token embedding + learned position embedding (width 64),
+    two pre-norm encoder blocks (4 heads, feed-forward 128), a final LayerNorm, the mean over the tokens that are
+    not padding, a Linear to the classes. PFLlib's AG News TransformerModel is of this size; this one has no
+    dropout, so the vmap executor trains it (its numbers equal the sequential executor's)."""
+
+    def __init__(self, vocabulary, seq_len: int, num_classes: int, width: int = 64, heads: int = 4,
+                 hidden: int = 128, layers: int = 2):
+        super().__init__()
+        self.embedding = _embedding(vocabulary, width)
+        width = self.embedding.embedding_dim
+        if width % heads:
+            raise FedsimError(f"model transformer: the embedding width {width} is not a multiple of its {heads} heads")
+        self.position = nn.Embedding(seq_len, width)
+        self.blocks = nn.ModuleList(EncoderBlock(width, heads, hidden) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _token_ids("transformer", x)
+        keep = x != 0
+        h = _embed(self.embedding, x) + self.position.weight[: x.shape[-1]]
+        for block in self.blocks:
+            h = block(h, keep)
+        h = self.norm(h) * keep[..., None]
+        return self.fc(h.sum(1) / keep.sum(1, keepdim=True).clamp(min=1))
+
+
+class Sent140LSTM(nn.Module):
+    """LEAF's Sent140 model (models/sent140/stacked_lstm.py): a token embedding of width 100 (LEAF's n_hidden; the
+    word vectors' width when given), two LSTM layers of 100, the last step's output through a Linear of 128 (no
+    activation, as LEAF's) and a Linear to the classes. Recurrent: it trains on the sequential executor."""
+
+    def __init__(self, vocabulary, num_classes: int, hidden: int = 100, layers: int = 2):
+        super().__init__()
+        self.embedding = _embedding(vocabulary, hidden)
+        self.lstm = nn.LSTM(self.embedding.embedding_dim, hidden, num_layers=layers, batch_first=True)
+        self.fc1 = nn.Linear(hidden, 128)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _token_ids("sent140-lstm", x)
+        out, _ = self.lstm(_embed(self.embedding, x))
+        return self.fc(self.fc1(out[:, -1]))
+
+
 def _needs_image(name: str, input_shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
     if len(input_shape) != 3:
         raise FedsimError(
@@ -224,7 +357,40 @@ def _char_lstm(input_shape, num_classes):
     return CharLSTM(num_classes)
 
 
-# name -> (builder(input_shape, num_classes) -> nn.Module, one-line description)
+def _femnist_cnn(input_shape, num_classes):
+    c, hw = _needs_image("femnist-cnn", input_shape)
+    return CNN(c, hw, num_classes, hidden=2048)
+
+
+def _celeba_cnn(input_shape, num_classes):
+    c, hw = _needs_image("celeba-cnn", input_shape)
+    return CelebaCNN(c, hw, num_classes)
+
+
+def _needs_text(name: str, input_shape: tuple[int, ...], vocabulary) -> int:
+    if len(input_shape) != 1 or vocabulary is None:
+        raise FedsimError(f"model {name} takes the token ids of a text dataset (agnews, sent140, an hf: dataset with "
+                          f"a text column), not samples of shape {tuple(input_shape)}")
+    return input_shape[0]
+
+
+def _fasttext(input_shape, num_classes, vocabulary=None):
+    _needs_text("fasttext", input_shape, vocabulary)
+    return FastText(vocabulary, num_classes)
+
+
+def _transformer(input_shape, num_classes, vocabulary=None):
+    return TextTransformer(vocabulary, _needs_text("transformer", input_shape, vocabulary), num_classes)
+
+
+def _sent140_lstm(input_shape, num_classes, vocabulary=None):
+    _needs_text("sent140-lstm", input_shape, vocabulary)
+    return Sent140LSTM(vocabulary, num_classes)
+
+
+# name -> (builder(input_shape, num_classes) -> nn.Module, one-line description); TEXT_MODELS' builders also take
+# the dataset's vocabulary
+TEXT_MODELS = ("fasttext", "transformer", "sent140-lstm")
 BUILTINS = {
     "mlp": (_mlp, "McMahan 2NN: flatten -> 200 -> 200 -> classes (images or vectors)"),
     "cnn": (_cnn, "McMahan CNN, 'same' padding: conv32 -> conv64 -> FC512 -> classes"),
@@ -233,9 +399,20 @@ BUILTINS = {
     "lenet5": (_lenet5, "NIID-Bench simple-cnn (LeNet-5): conv6 -> conv16 -> 120 -> 84 -> classes"),
     "logreg": (_logreg, "multinomial logistic regression: flatten -> Linear(D -> classes)"),
     "char-lstm": (_char_lstm, "LEAF's Shakespeare model: embedding 8 -> LSTM 256 -> LSTM 256 -> next character"),
+    "femnist-cnn": (_femnist_cnn, "LEAF's FEMNIST CNN: conv32 -> conv64 ('same', 5x5) -> FC2048 -> classes"),
+    "celeba-cnn": (_celeba_cnn, "LEAF's CelebA CNN: 4 x (conv32 3x3 -> BN -> maxpool -> ReLU) -> classes"),
+    "fasttext": (_fasttext, "PFLlib's fastText: mean of token embeddings (32) -> FC32 -> classes"),
+    "transformer": (_transformer, "small transformer encoder: embedding 64 -> 2 pre-norm blocks (4 heads) -> mean -> "
+                                  "classes"),
+    "sent140-lstm": (_sent140_lstm, "LEAF's Sent140 model: embedding 100 -> LSTM 100 -> LSTM 100 -> FC128 -> "
+                                    "classes"),
 }
 
 
-def build_builtin(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_builtin(name: str, input_shape: tuple[int, ...], num_classes: int, vocabulary=None) -> nn.Module:
+    """Built-in `name`; `vocabulary` (a text dataset's: its len() is the token count, `vectors` optional word
+    vectors) sizes the text models' embedding."""
     builder, _ = BUILTINS[name]
+    if name in TEXT_MODELS:
+        return builder(input_shape, num_classes, vocabulary)
     return builder(input_shape, num_classes)

@@ -102,12 +102,13 @@ def unknown_model(name: str) -> FedsimError:
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
-                pretrained: bool = False) -> nn.Module:
+                pretrained: bool = False, vocabulary=None) -> nn.Module:
     """A model for inputs of one sample's shape `input_shape` ((C, H, W) or (D,)) and `num_classes`.
 
     `name` is a built-in (`model_names()`) or a torchvision classification model
     (`torchvision_model_names()`). The module is returned in train mode on the CPU, initialised from
     torch's global RNG (seed it, or use ``torch.random.fork_rng``, for reproducible weights).
+    `vocabulary`: a text dataset's (`Dataset.vocabulary`), which the text models size their embedding by.
     Every problem is a FedsimError with one line.
     """
     key = _normalize_name(name)
@@ -118,7 +119,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
                 f"model {key} has no pretrained weights: only torchvision models have them "
                 f"(e.g. {', '.join(EXAMPLE_TORCHVISION)}); drop --pretrained"
             )
-        return build_builtin(key, shape, num_classes)
+        return build_builtin(key, shape, num_classes, vocabulary)
     if key not in torchvision_model_names():
         raise unknown_model(key)
     return _build_torchvision(key, shape, num_classes, pretrained)
