@@ -16,8 +16,15 @@ The server needs each client's own model, not a mean: the model is a per-client 
 and robust aggregation refuse FedAMP by construction.
 Deviations from PFLlib: its proximal term reads `p.data` (no gradient reaches the model) and is the norm, not its
 square, so its clients train on the cross-entropy alone, each from its own model: `--amp-lam 0` trains as PFLlib
-does. ξ and u_i use the cohort of the last round in which some client sent (PFLlib: of the last round), and u_i's
-buffers are not used (the pull covers the parameters). --freeze-base is refused.
+does. That matters: with PFLlib's α_K = σ = 1 nothing keeps Σ_j ξ_ij below 1 (in the run below, client 0's
+19 weights sum to about 8.5 at round 30, each ‖w_i − w_j‖² between 0.3 and 2.1), so u_i extrapolates away from
+the peers and the pull hurts. Measured (personalized accuracy at round 30, digits Dir(0.1), 20 clients, mlp,
+batch 10, lr 0.05, seeds 0-2), by
+    fedsim sweep --algo fedamp --amp-lam 1,0 --dataset digits --clients 20 --dirichlet 0.1 \
+        --client-test-fraction 0.25 --model mlp --batch-size 10 --lr 0.05 --rounds 30 --seed 0-2
+λ = 1: 77.7 ± 3.7, λ = 0 (PFLlib's): 92.4 ± 1.6, +11.5 / +17.4 / +15.0 per seed. ξ and u_i use the cohort of
+the last round in which some client sent (PFLlib: of the last round), and u_i's buffers are not used (the pull
+covers the parameters). --freeze-base is refused.
 """
 
 from __future__ import annotations
