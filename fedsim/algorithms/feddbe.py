@@ -46,7 +46,8 @@ CHUNK = 4096  # samples per forward pass when computing a client's mean represen
 @dataclass(frozen=True)
 class FedDBEParams(Params):
     dbe_mr: float = option(50.0, "weight κ of the mean regularizer, the batch's mean representation pulled to the "
-                           "global mean (the authors' FMNIST script: 50; PFLlib's default 0 turns it off)", low=0)
+                           "global mean (the authors' FMNIST script: 50; PFLlib's default 0 turns it off)", low=0,
+                           per_client=True)
 
 
 class FedDBE(FedAvg):
@@ -85,7 +86,9 @@ class FedDBE(FedAvg):
     def client_job(self, server, store, client):
         entry = store.get(client)
         start = {**clone(server.model, self.shared), **clone(entry["model"]), BIAS: entry["bias"].clone()}
-        return ClientJob(client, start, {"global_mean": server.extra["mean"], "has_mean": server.extra["has_mean"]})
+        kappa = server.extra["mean"].new_tensor(self.params.dbe_mr)
+        return ClientJob(client, start, {"global_mean": server.extra["mean"], "has_mean": server.extra["has_mean"],
+                                         "kappa": kappa})
 
     def dbe_loss(self, model, state, x, y, ctx):
         """Cross-entropy of head(z + b) (b only once the global mean exists) + κ·MR; its value includes κ·MR,
@@ -99,7 +102,7 @@ class FedDBE(FedAvg):
         model_state[bias] = state[bias] + state[weight] @ b
         feats, logits = features_and_logits(model, model_state, x, [self.head])
         mr = 0.5 * ((feats.mean(0) - ctx["global_mean"]) ** 2).mean()
-        return F.cross_entropy(logits, y) + self.params.dbe_mr * has * mr
+        return F.cross_entropy(logits, y) + ctx["kappa"] * has * mr
 
     def client_finish(self, server, store, result):
         state = result.states[-1]

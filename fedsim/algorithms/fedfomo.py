@@ -61,7 +61,9 @@ class FedFomo(FedAvg):
     def personal_initial(self, initial):
         import torch
 
-        return {"model": clone(initial), "old": clone(initial), "weights": torch.zeros(0)}
+        # its model, its last round's start θ_old, and this round's start and weights (set by client_job)
+        model = clone(initial)
+        return {"model": model, "old": model, "start": model, "weights": torch.zeros(0)}
 
     def init_server(self, initial):
         server = super().init_server(initial)
@@ -138,12 +140,12 @@ class FedFomo(FedAvg):
                 share = (positive / positive.sum()).tolist()
                 start = {**entry["model"], **{k: sum(s * models.get(j, server.model)[k] for s, j in
                                                      zip(share, ids, strict=True)) for k in names}}
-        store.put(client, {**entry, "old": start, "weights": weights})
+        store.put(client, {**entry, "start": start, "weights": weights})  # θ_old stays until the round ends
         return ClientJob(client, clone(start), {})
 
     def client_finish(self, server, store, result):
         model, entry = result.states[-1], store.get(result.client)
-        store.put(result.client, {**entry, "model": model})
+        store.put(result.client, {**entry, "model": model, "old": entry["start"]})
         weights = entry["weights"].to(model[self.keys.params[0]].device)
         return Message(result.client, result.num_samples, {MODEL: model, "weights": weights}, result.loss,
                        result.round)
