@@ -59,7 +59,7 @@ class Progress:
 
     def to(self, device: torch.device) -> Progress:
         return dataclasses.replace(self, server=ServerState(_to(self.server.model, device),
-                                                           _to(self.server.extra, device)),
+                                                           _to(self.server.extra, device), self.server.round),
                                    clients=_to(self.clients, device))
 
 
@@ -170,7 +170,7 @@ def load_checkpoint(run: str | Path, out_dir: str | Path = "results") -> Checkpo
             if identity is None:
                 raise ValueError("it holds no run identity")
             csv = CsvState(**raw["csv"])
-            server = ServerState(raw["server"]["model"], raw["server"]["extra"])
+            server = ServerState(raw["server"]["model"], raw["server"]["extra"], int(raw["round"]))
             progress = Progress(int(raw["round"]), server, raw["clients"], int(raw["bytes_up"]),
                                 int(raw["bytes_down"]), float(raw["elapsed_seconds"]))
     except Exception as e:  # torch.load fails in many ways on a damaged file, and each means the same

@@ -129,8 +129,8 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     threads = config.threads  # under torchrun on the CPU: this machine's cores shared out among its ranks
     if threads is None and ranks is not None and device.type == "cpu":
         threads = ranks.cpu_threads(cpu_count())
-    executor = executor_factory(config.executor, model, data, spec, algorithm, config.cohort_chunk, config.compile,
-                             threads)
+    executor = executor_factory(config.executor, model, algorithm.training_data(data), spec, algorithm,
+                                config.cohort_chunk, config.compile, threads)
     executor.threads.apply()
     return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, channel,
                       robust.malicious, privacy, ranks)

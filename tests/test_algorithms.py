@@ -105,8 +105,8 @@ class Sim:
         lr = self.config.lr
         spec = LocalSpec(OptimizerSpec("sgd", lr, momentum), batch_size, epochs, steps, seed=0)
         jobs = [self.algo.client_job(self.server, self.store, c) for c in cohort]
-        result = run_round(self.algo, SequentialExecutor(self.model, self.data, spec), self.server, self.store,
-                           cohort, self.round, lr)
+        result = run_round(self.algo, SequentialExecutor(self.model, self.algo.training_data(self.data), spec),
+                           self.server, self.store, cohort, self.round, lr)
         self.server, self.sent = result.server, {m.client: m for m in result.sent}
         return jobs, result.trained
 

@@ -38,6 +38,10 @@ ALGORITHMS = {
     "fedala": "fedsim.algorithms.fedala:FedALA",
     "fedproto": "fedsim.algorithms.fedproto:FedProto",
     "fedrod": "fedsim.algorithms.fedrod:FedRoD",
+    "fedfomo": "fedsim.algorithms.fedfomo:FedFomo",
+    "fedamp": "fedsim.algorithms.fedamp:FedAMP",
+    "apple": "fedsim.algorithms.apple:APPLE",
+    "feddbe": "fedsim.algorithms.feddbe:FedDBE",
 }
 
 
@@ -135,5 +139,5 @@ def message_table() -> str:
         sends = algorithm_class(algo).sends
         per = [f"`{name}`" for name, spec in sends.items() if spec.kind == PER_CLIENT]
         total = ", ".join(summed(name, spec) for name, spec in sends.items() if spec.kind != PER_CLIENT)
-        lines.append(f"| {algo} | {total} | {', '.join(per) or '–'} | {'refused' if per else 'yes'} |")
+        lines.append(f"| {algo} | {total or '–'} | {', '.join(per) or '–'} | {'refused' if per else 'yes'} |")
     return "\n".join(lines)

@@ -15,7 +15,13 @@ is evaluated with.
 Deviations: the first ALA stops after at most 50 epochs (the code has no bound) and is skipped where the slice
 holds no whole batch (the code fails); buffers (BatchNorm statistics) come from the global model as FedAvg's
 (PFLlib keeps the client's); PFLlib evaluates each client's ALA start of the next round rather than its trained
-model. --freeze-base is refused.
+model: `--ala-eval start` does so (ALA is learned for the evaluation, for every client as PFLlib, without keeping
+its weights; the next round learns the same again).
+Measured (personalized accuracy at round 30, digits Dir(0.1), 20 clients, mlp, batch 10, lr 0.05, seeds 0-2), by
+    fedsim sweep --algo fedala --ala-eval trained,start --dataset digits --clients 20 --dirichlet 0.1 \
+        --client-test-fraction 0.25 --model mlp --batch-size 10 --lr 0.05 --rounds 30 --seed 0-2
+trained 90.0 ± 3.6, start 93.5 ± 3.6, start − trained +1.6 / +4.2 / +4.3 per seed.
+--freeze-base is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ class FedALAParams(Params):
                               low=1, high=100)
     ala_top: int = option(2, "the model's last P parameter tensors ALA aggregates (PFLlib's layer_idx: 2, the "
                           "last Linear layer); the rest is the global model's", low=1)
+    ala_eval: str = option("trained", "the model a client is evaluated with: trained (its model after local training) "
+                           "or start (the start ALA gives it for the next round, PFLlib's)",
+                           choices=("trained", "start"))
 
 
 class FedALA(FedAvg):
@@ -63,23 +72,33 @@ class FedALA(FedAvg):
                 "learned": False}
 
     def client_job(self, server, store, client):
+        start, entry = self.ala_start(server, store.get(client), client)
+        store.put(client, entry)
+        return ClientJob(client, start, {})
+
+    def ala_start(self, server, entry, client: int):
+        """(The client's start of the next round, its entry with the ALA weights learned for it)."""
         import torch
 
-        entry, global_model = store.get(client), server.model
+        global_model = server.model
         start = {**clone(global_model), **clone(entry["model"], self.personal)}
         first = self.keys.params[0]
         if not torch.equal(entry["model"][first], global_model[first]):  # the code's test: not in its first round
             weights, learned = self.learn_weights(entry, global_model, client, server.round + 1)
-            store.put(client, {**entry, "weights": weights, "learned": learned})
+            entry = {**entry, "weights": weights, "learned": learned}
             start.update(merged(entry["model"], global_model, weights))
-        return ClientJob(client, start, {})
+        return start, entry
 
     def client_finish(self, server, store, result):
         store.put(result.client, {**store.get(result.client), "model": result.states[-1]})
         return self.message(result)
 
     def personal_model(self, server, store, client):
-        return store.get(client)["model"]
+        """The client's trained model; under --ala-eval start, the start ALA gives it for the next round (learned
+        again when that round comes: the same numbers, since the slice is keyed by the round)."""
+        if self.params.ala_eval == "trained":
+            return store.get(client)["model"]
+        return self.ala_start(server, store.get(client), client)[0]
 
     def learn_weights(self, entry, global_model, client: int, round: int):
         """ALA's weights W for the top tensors, learned on a slice of the client's data; (W, whether learned)."""

@@ -55,6 +55,7 @@ class FedAvg:
     def check_config(cls, config) -> None:
         """Refuse the combinations of options this algorithm cannot run (one FedsimError line). Config.validate
         calls it, so a sweep names the run before anything trains; a subclass adds its own after super()'s."""
+        cls.Params.from_config(config)  # its own options' ranges and choices
         if config.freeze_base and not cls.personalized:
             raise FedsimError(f"--freeze-base is for personalized algorithms (fedper, fedrep, ditto, fedas), "
                               f"not {config.algo}")
@@ -79,6 +80,11 @@ class FedAvg:
     def attach(self, model, data) -> None:
         """The engine hands over the template model and the clients' data (for FedAS-like hooks)."""
         self.model, self.data = model, data
+
+    def training_data(self, data):
+        """The client data local training draws from (called after `attach`): all of it; FedFomo holds each
+        client's validation split out."""
+        return data
 
     # --- what is whose ---------------------------------------------------------------------------
     def personal_keys(self) -> set[str]:

@@ -12,7 +12,10 @@ The test-accuracy columns are the global model's, with its untrained head. Each 
 spaces them out.
 Deviations: the fine-tuning runs at every evaluated round (the paper reports it at the end; PFLlib fine-tunes once,
 after the last round), with the client optimizer, --lr (decayed as in that round) and --batch-size of training;
---finetune-epochs 0 evaluates the global model itself. --freeze-base is refused (the head is what stays frozen).
+it starts from the current global model, where PFLlib fine-tunes each client's own local model (the base it
+trained in its last round, not the last global base; its `fine_tune` runs on `self.model` after the last
+round, which sends no model); --finetune-epochs 0 evaluates the global model itself. --freeze-base is refused (the
+head is what stays frozen).
 """
 
 from __future__ import annotations

@@ -24,6 +24,19 @@ def head_params(keys: ModelKeys, algo: str) -> frozenset[str]:
     return frozenset(k for k in keys.params if k in set(keys.head))
 
 
+def linear_head(model, keys: ModelKeys, algo: str, why: str, bias: bool = False) -> str:
+    """The name of the model's head module, which must be one Linear layer, with a bias where `bias` (`why`: what
+    the algorithm does with it); one FedsimError line saying to name another with --head otherwise."""
+    from torch import nn
+
+    modules = sorted({k.rpartition(".")[0] for k in head_params(keys, algo)})
+    if len(modules) != 1 or not isinstance(model.get_submodule(modules[0]), nn.Linear) or (
+            bias and model.get_submodule(modules[0]).bias is None):
+        raise FedsimError(f"{algo} needs the head to be one Linear layer{' with a bias' if bias else ''} ({why}; "
+                          f"now {', '.join(modules)}): name it with --head")
+    return modules[0]
+
+
 def local_trainable(keys: ModelKeys, freeze_base: bool, algo: str) -> frozenset[str] | None:
     """The parameters local training updates: the head's under --freeze-base, else all (None)."""
     return head_params(keys, algo) if freeze_base else None

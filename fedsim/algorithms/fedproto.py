@@ -16,8 +16,15 @@ own model's classifier (the paper's local model); the global model column stays 
 model exists.
 Deviations: a client's prototypes are computed after its training, in eval mode, over all its training samples
 (PFLlib averages the features seen during training, in train mode, over every epoch; its unused
-`collect_protos` does as fedsim); PFLlib predicts by the nearest global prototype instead of the classifier.
-The reported train loss includes the λ term (as PFLlib's). --freeze-base is refused.
+`collect_protos` does as fedsim); PFLlib predicts by the nearest global prototype instead of the classifier:
+`--proto-predict prototype` does so (the client's Linear head is replaced, for evaluation only, by one whose
+largest output is the nearest global prototype: 2⟨p_c, z⟩ − ‖p_c‖²; a class without one never wins).
+Measured (personalized accuracy at round 30, digits Dir(0.1), 20 clients, mlp, batch 10, lr 0.05, seeds 0-2), by
+    fedsim sweep --algo fedproto --proto-predict head,prototype --dataset digits --clients 20 --dirichlet 0.1 \
+        --client-test-fraction 0.25 --model mlp --batch-size 10 --lr 0.05 --rounds 30 --seed 0-2
+head 92.4 ± 1.6, prototype 95.5 ± 0.3, prototype − head +1.7 / +2.4 / +5.3 per seed. The reported train loss
+includes the λ term (as
+PFLlib's). --freeze-base is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass, replace
 
 from fedsim.algorithms.fedas import features_and_logits
 from fedsim.algorithms.fedavg import FedAvg
-from fedsim.algorithms.fedper import head_params
+from fedsim.algorithms.fedper import head_params, linear_head
 from fedsim.core.channel import UNIFORM, Message, summed
 from fedsim.core.hooks import Phase, ServerState
 from fedsim.core.params import Params, option
@@ -40,6 +47,8 @@ LABEL_BYTES = 8  # each prototype travels with its class label, an int64
 class FedProtoParams(Params):
     proto_lam: float = option(1.0, "weight λ of the features' distance to their class's global prototype "
                               "(PFLlib: 1; 0 trains each client alone)", low=0)
+    proto_predict: str = option("head", "how a client predicts: head (its own classifier, the paper's local model) or "
+                                "prototype (the nearest global prototype, PFLlib's)", choices=("head", "prototype"))
 
 
 class FedProto(FedAvg):
@@ -56,6 +65,12 @@ class FedProto(FedAvg):
         self.head_modules = sorted({k.rpartition(".")[0] for k in head_params(keys, self.name)})
         super().__init__(config, keys, population)
         self.sent = []  # no model travels
+
+    def attach(self, model, data):
+        if self.params.proto_predict == "prototype":
+            self.head = linear_head(model, self.keys, self.name, "--proto-predict prototype scores through it",
+                                    bias=True)
+        super().attach(model, data)
 
     def personal_keys(self):
         return set(self.keys.all)  # the whole model stays with the client
@@ -118,7 +133,18 @@ class FedProto(FedAvg):
         return sums / counts.clamp(min=1)[:, None], counts > 0
 
     def personal_model(self, server, store, client):
-        return store.get(client)
+        """The client's model; under --proto-predict prototype, with its Linear head replaced by one whose largest
+        output is the nearest global prototype: argmin_c ‖z − p_c‖² = argmax_c 2⟨p_c, z⟩ − ‖p_c‖² (a class without
+        a prototype never wins)."""
+        own = store.get(client)
+        if self.params.proto_predict == "head":
+            return own
+        import torch
+
+        protos, has = server.extra["prototypes"], server.extra["has"]
+        far = torch.finfo(protos.dtype).min / 2
+        bias = torch.where(has, -(protos**2).sum(1), torch.full_like(protos[:, 0], far))
+        return {**own, f"{self.head}.weight": 2 * protos, f"{self.head}.bias": bias}
 
     def prototype_bytes(self, has, prototypes) -> int:
         return int(has.sum()) * (prototypes.shape[1] * prototypes.element_size() + LABEL_BYTES)

@@ -8,9 +8,12 @@ step takes a batch D, D' and moves w by the gradient at the one-step-adapted mod
 the inner gradient held constant (no Hessian term; the HF variant's Hessian-vector product is not implemented).
 The server averages as FedAvg. A client's personalized model is one SGD step of size α on one batch of its
 training data from the global model, taken before each evaluation and not kept.
-As PFLlib: α = β = --lr (the outer step is the client optimizer's). Deviation: PFLlib draws 2·B samples a step
+As PFLlib: α = β = --lr (the outer step is the client optimizer's). Deviations: PFLlib draws 2·B samples a step
 (D and D' of B each); fedsim splits each --batch-size batch in two halves (D the first, D' the rest; a batch of
-one sample serves as both), so --batch-size 20 gives PFLlib's B = 10. With --lr-decay the inner step stays at
+one sample serves as both), so --batch-size 20 gives PFLlib's B = 10. PFLlib's server calls each client's
+`train()` twice a round, so its clients take two passes of --local-epochs over their data per round (fedsim: one;
+--local-epochs 2 gives PFLlib's work). Its personalization step takes the first batch of B samples (10 under its
+defaults), fedsim's one batch of --batch-size (20 for PFLlib's B = 10). With --lr-decay the inner step stays at
 --lr.
 """
 

@@ -33,7 +33,10 @@ class Phase:
     step; both are pure functions of one client's tensors so that an executor may vectorize them over the
     cohort. `loss(model, state, x, y, ctx)` replaces the data loss
     (default: cross-entropy of `functional_call(model, state, x)`). `start` names a ctx entry to train
-    from instead of the previous phase's output (Ditto trains the client's personal model too).
+    from instead of the previous phase's output (Ditto trains the client's personal model too). `extra` names
+    entries of the client's state that are not the model's and train with its parameters (FedDBE's personal
+    representation bias, APPLE's relationship vector): the phase's `loss` reads them from `state` (the default
+    cross-entropy cannot), and every phase after it carries them on.
     """
 
     trainable: frozenset[str] | None = None  # None: every parameter
@@ -43,6 +46,7 @@ class Phase:
     correction: Callable | None = None
     loss: Callable | None = None
     start: str | None = None
+    extra: frozenset[str] = frozenset()
 
 
 @dataclass

@@ -39,11 +39,13 @@ class Range:
         return "finite"
 
 
-def option(default, help: str, *, low=None, high=None, low_open=False, high_open=False, per_client=False):
-    """A Params field: its default, its --help text, and the range its values must lie in (checked on use).
-    `per_client`: the algorithm hands the value to its phases in each client's ctx (a tensor), not in the phase
-    functions, so a sweep trains runs that differ only in it together (fedsim.sweep)."""
-    return dataclasses.field(default=default, metadata={"help": help, "per_client": per_client,
+def option(default, help: str, *, low=None, high=None, low_open=False, high_open=False, per_client=False,
+           choices: tuple[str, ...] = ()):
+    """A Params field: its default, its --help text, and the range its values must lie in, or for a text option
+    its `choices` (checked on use). `per_client`: the algorithm hands the value to its phases in each client's ctx
+    (a tensor), not in the phase functions, so a sweep trains runs that differ only in it together
+    (fedsim.sweep)."""
+    return dataclasses.field(default=default, metadata={"help": help, "per_client": per_client, "choices": choices,
                                                         "range": Range(low, high, low_open, high_open)})
 
 
@@ -61,7 +63,10 @@ class Params:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            check_value(f.name, getattr(self, f.name), f.metadata["range"])
+            value, choices = getattr(self, f.name), f.metadata["choices"]
+            check_value(f.name, value, f.metadata["range"])
+            if choices and value not in choices:
+                raise FedsimError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)} (got {value!r})")
 
     @classmethod
     def from_config(cls, config) -> Params:

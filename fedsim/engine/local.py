@@ -132,7 +132,7 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
     for phase in phases:
         if phase.start is not None:
             state = {k: v.clone() for k, v in job.ctx[phase.start].items()}
-        trainable = [k for k in param_names if phase.trainable is None or k in phase.trainable]
+        trainable = [k for k in param_names if phase.trainable is None or k in phase.trainable] + sorted(phase.extra)
         # own copies, updated in place by the optimizer (as torch.optim does): no new tensors per step
         params = {k: state[k].detach().clone().requires_grad_() for k in trainable}
         rest = {k: v for k, v in state.items() if k not in params}  # buffers (updated in place) and frozen

@@ -213,7 +213,8 @@ class VmapExecutor:
                 state = _stack([job.ctx[phase.start] for job in jobs])
             schedules = [batch_schedule(g, n, spec.batch_size, *local_work(spec, phase, job))
                          for g, n, job in zip(gens, sizes, jobs, strict=True)]
-            params = {k: state[k] for k in self.param_names if phase.trainable is None or k in phase.trainable}
+            params = {k: state[k] for k in [*self.param_names, *sorted(phase.extra)]
+                      if phase.trainable is None or k in phase.trainable or k in phase.extra}
             rest = {k: v for k, v in state.items() if k not in params}
             params, rest, phase_losses = self._train_phase_most_steps_first(phase, jobs, schedules, params, rest,
                                                                             ctx, ctx_dims, hyper)
