@@ -60,6 +60,7 @@ _ROUNDS = "Rounds and local training"
 _RUN = "Run and output"
 _ROBUST = "Robust aggregation and attacks"
 _DP = "Differential privacy"
+_CLOCK = "Simulated clock and asynchrony"
 
 
 def train(
@@ -182,6 +183,36 @@ def train(
         rich_help_panel=_ROUNDS)] = None,
     client_dropout: Annotated[float, typer.Option(metavar="Q", help="Probability that a sampled client fails "
                                                   "mid-round and sends nothing.", rich_help_panel=_ROUNDS)] = 0.0,
+    speed: Annotated[str | None, typer.Option(
+        metavar="DIST", rich_help_panel=_CLOCK,
+        help="Simulated clock: each client's local training speed in samples per second, drawn once (keyed by "
+             "--seed) from lognormal:MU,SIGMA (MU = ln of the median), uniform:A,B or constant:V.")] = None,
+    bandwidth: Annotated[str | None, typer.Option(
+        metavar="DIST", rich_help_panel=_CLOCK,
+        help="Simulated clock: each client's bandwidth in bits per second (up and down alike), a DIST as --speed. "
+             "A rate not given costs no time.")] = None,
+    profiles: Annotated[str | None, typer.Option(
+        metavar="FILE", rich_help_panel=_CLOCK,
+        help="Simulated clock: a CSV client,samples_per_s,up_bps,down_bps with a row for every client, instead "
+             "of --speed and --bandwidth.")] = None,
+    availability: Annotated[str, typer.Option(
+        metavar="MODE", rich_help_panel=_CLOCK,
+        help="When clients can train: always, bernoulli:P (each sampling, each client with probability P), "
+             "diurnal:PERIOD,DUTY (DUTY of every PERIOD seconds, at a phase per client), or a trace CSV "
+             "client,start,end of windows. A client offline before it reports sends nothing.")] = "always",
+    deadline: Annotated[float | None, typer.Option(
+        metavar="SECONDS", rich_help_panel=_CLOCK,
+        help="A synchronous round counts only the clients that report within SECONDS of its start (under the "
+             "partial straggler policy, a late client trains the steps that fit); asynchronous: a client not "
+             "done in SECONDS is dropped.")] = None,
+    over_select: Annotated[float | None, typer.Option(
+        metavar="F", rich_help_panel=_CLOCK,
+        help="Sample ceil(F x the cohort size) clients a round and keep the first cohort-size to report "
+             "(Bonawitz et al. 2019).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        metavar="K", rich_help_panel=_CLOCK,
+        help="fedbuff, fedasync: clients training at once (default: the cohort size of --fraction, "
+             "--min-clients); --rounds counts server updates.")] = None,
     executor: Annotated[str, typer.Option(help="auto (vmap where the model and algorithm allow it) | sequential | "
                                           "vmap.", rich_help_panel=_RUN)] = "auto",
     cohort_chunk: Annotated[int | None, typer.Option(help="vmap: train at most this many clients at once.",
