@@ -124,9 +124,9 @@ class Checkpoint:
         is the checkpoint's."""
         differs = self.identity.difference(identity, "the checkpoint", "this resume")
         if differs is not None:
-            raise FedsimError(f"cannot resume from {self.path}: {differs}; resuming needs the data, partition and "
-                              "model the run was trained on; nothing was changed (or start the run over with "
-                              "--overwrite)")
+            raise FedsimError(f"cannot resume from {self.path}: {differs}; resuming needs the data, partition, "
+                              "model (and client profiles) the run was trained on; nothing was changed (or start the "
+                              "run over with --overwrite)")
 
 
 def checkpoint_path(run: str | Path, out_dir: str | Path = "results") -> Path:

@@ -109,7 +109,7 @@ class Availability:
         """When `client`, available at `t`, goes offline (inf: never); `t` itself where it is not available."""
         if self.mode == "diurnal":
             period, duty = self.numbers
-            left = duty * period - (t + self.phase[client]) % period
+            left = float(duty * period - (t + self.phase[client]) % period)
             return t + left if left > 0 else t
         if self.mode == "trace":
             for start, end in self.windows.get(client, ()):

@@ -75,10 +75,10 @@ class Clock:
 
     def ready(self, client: int, down_bytes: int, work: int) -> float:
         """Seconds from receiving the model to having trained: its download, then its local work."""
-        return transfer_seconds(down_bytes, self.profiles.down[client]) + work / self.profiles.speed[client]
+        return float(transfer_seconds(down_bytes, self.profiles.down[client]) + work / self.profiles.speed[client])
 
     def upload(self, client: int, up_bytes: int) -> float:
-        return transfer_seconds(up_bytes, self.profiles.up[client])
+        return float(transfer_seconds(up_bytes, self.profiles.up[client]))
 
     def round(self, start: float, clients, work: dict, down_bytes: int, target: int | None,
               partial: bool) -> SyncRound:
@@ -91,7 +91,8 @@ class Clock:
             override = dict(work.get(c, {}))
             until = self.availability.until(c, start)
             ready = self.ready(c, down_bytes, self.work(c, override))
-            if start + ready > cutoff and partial:  # the local steps that still fit before the deadline
+            # would miss the deadline (its upload planned at the size of what it received): the steps that fit
+            if partial and start + (ready + self.upload(c, down_bytes)) > cutoff:
                 override = self.steps_that_fit(c, cutoff - start, down_bytes, override)
                 ready = self.ready(c, down_bytes, self.work(c, override)) if override else math.inf
             if start + ready > min(until, cutoff):  # reports in time whatever it sends: no need to train it
