@@ -124,8 +124,8 @@ class Stream:
         """The CSV columns of the updates received since the last row (and starts the next row's count)."""
         r, self.row = self.row, {}
         n = r.get("updates", 0)
-        return {"updates": n, "staleness_mean": r["staleness"] / n if n else float("nan"),
-                "staleness_max": r.get("staleness_max", 0), "sim_seconds": self.time,
+        return {"sim_seconds": self.time, "updates": n, "staleness_mean": r["staleness"] / n if n else float("nan"),
+                "staleness_max": r.get("staleness_max", 0),
                 "train_loss": r["loss"] / r["samples"] if n else float("nan")}
 
     def state(self) -> dict:
