@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from fedsim.algorithms import algorithm_options, algorithms_help
+from fedsim.algorithms import algorithm_class, algorithm_options, algorithms_help
 from fedsim.commands import arguments_without_nproc, from_command_line, stderr_console, user_errors, with_options
 from fedsim.commands.options import (
     PARTITION,
@@ -394,7 +394,8 @@ def _print_summary(cfg, df) -> None:
         return
     best = df["test_accuracy"].idxmax()
     last = df.iloc[-1]
-    table = Table(title=f"{cfg.run_name()}: {cfg.algo} on {cfg.dataset}, {int(last['round'])} rounds")
+    steps = "server updates" if algorithm_class(cfg.algo).asynchronous else "rounds"
+    table = Table(title=f"{cfg.run_name()}: {cfg.algo} on {cfg.dataset}, {int(last['round'])} {steps}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("final test accuracy (global model, test split)", f"{last['test_accuracy']:.4f}")
@@ -403,6 +404,8 @@ def _print_summary(cfg, df) -> None:
     table.add_row("final personalized accuracy (worst 10% of clients)", f"{last['personal_accuracy_p10']:.4f}")
     table.add_row("final train loss (this round's clients)", f"{last['train_loss']:.4f}")
     table.add_row("wall time", f"{last['elapsed_seconds']:.1f} s")
+    if "sim_seconds" in df:  # client profiles: the simulated clock's time
+        table.add_row("simulated time", f"{last['sim_seconds']:.1f} s")
     record = Path(cfg.out_dir) / (cfg.run_name() + ".json")
     compiling = json.loads(record.read_text()).get("summary", {}).get("compile_seconds") if record.exists() else None
     if compiling is not None:

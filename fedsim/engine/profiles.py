@@ -43,7 +43,9 @@ def parse_spec(option: str, text: str, kinds: dict[str, tuple[str, ...]]) -> tup
         numbers = None
     if numbers is None or len(numbers) != len(kinds[name]) or not all(math.isfinite(v) for v in numbers):
         form = f"{name}:{','.join(kinds[name])}" if kinds[name] else name
-        raise FedsimError(f"--{option} {text!r}: write {form} with finite numbers")
+        hint = f" (in a sweep, where commas separate values, {name}({','.join(kinds[name])}))" if \
+            len(kinds[name]) > 1 else ""
+        raise FedsimError(f"--{option} {text!r}: write {form} with finite numbers{hint}")
     return name, numbers
 
 
