@@ -144,7 +144,7 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
                                 config.cohort_chunk, config.compile, threads)
     executor.threads.apply()
     return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, channel,
-                      robust.malicious, privacy, ranks, clock)
+                      robust.malicious, privacy, ranks, clock=clock)
 
 
 def make_clock(config: Config, partition, spec: LocalSpec, algorithm):
