@@ -18,6 +18,10 @@ The file is one `torch.save`d dict of plain values and tensors, read back with `
     elapsed_seconds      wall time of the rounds so far (the CSV's elapsed_seconds goes on from it)
     checksum             sha256 of all the above, values and tensors' bytes (`content_sha256`): a damaged file
                          that still loads is refused, not trained on
+    sim_seconds          the simulated clock's time (fedsim.engine.clock; 0 without client profiles)
+    stream               an asynchronous run's stream (fedsim.engine.asynchronous.Stream.state): the clients in
+                         flight (each with the model version it received, and what it sends once trained), the
+                         buffered updates, the dispatch counters; None for a synchronous run
 
 It is written through a temporary file and a rename: it is whole or absent, never half-written. Format 1
 (before run identities) is refused: nothing in it proves which run it belongs to.
@@ -56,11 +60,13 @@ class Progress:
     bytes_up: int = 0  # since the last written row
     bytes_down: int = 0
     elapsed_seconds: float = 0.0
+    sim_seconds: float = 0.0  # the simulated clock's time
+    stream: dict | None = None  # an asynchronous run's clients in flight and buffer (engine.asynchronous.Stream)
 
     def to(self, device: torch.device) -> Progress:
         return dataclasses.replace(self, server=ServerState(_to(self.server.model, device),
                                                            _to(self.server.extra, device), self.server.round),
-                                   clients=_to(self.clients, device))
+                                   clients=_to(self.clients, device), stream=_to(self.stream, device))
 
 
 @dataclass
@@ -118,9 +124,9 @@ class Checkpoint:
         is the checkpoint's."""
         differs = self.identity.difference(identity, "the checkpoint", "this resume")
         if differs is not None:
-            raise FedsimError(f"cannot resume from {self.path}: {differs}; resuming needs the data, partition and "
-                              "model the run was trained on; nothing was changed (or start the run over with "
-                              "--overwrite)")
+            raise FedsimError(f"cannot resume from {self.path}: {differs}; resuming needs the data, partition, "
+                              "model (and client profiles) the run was trained on; nothing was changed (or start the "
+                              "run over with --overwrite)")
 
 
 def checkpoint_path(run: str | Path, out_dir: str | Path = "results") -> Path:
@@ -144,6 +150,8 @@ def save_checkpoint(path: Path, config: Config, identity: RunIdentity, csv: CsvS
         "bytes_up": progress.bytes_up,
         "bytes_down": progress.bytes_down,
         "elapsed_seconds": progress.elapsed_seconds,
+        "sim_seconds": progress.sim_seconds,
+        "stream": progress.stream,
     }
     payload["checksum"] = content_sha256(payload)
     write_atomically(path, lambda tmp: torch_save(payload, tmp), "checkpoint", "; choose --out-dir")
@@ -172,7 +180,8 @@ def load_checkpoint(run: str | Path, out_dir: str | Path = "results") -> Checkpo
             csv = CsvState(**raw["csv"])
             server = ServerState(raw["server"]["model"], raw["server"]["extra"], int(raw["round"]))
             progress = Progress(int(raw["round"]), server, raw["clients"], int(raw["bytes_up"]),
-                                int(raw["bytes_down"]), float(raw["elapsed_seconds"]))
+                                int(raw["bytes_down"]), float(raw["elapsed_seconds"]),
+                                float(raw.get("sim_seconds", 0.0)), raw.get("stream"))
     except Exception as e:  # torch.load fails in many ways on a damaged file, and each means the same
         reason = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0][:160]  # its first sentence
         raise FedsimError(f"checkpoint {path} is damaged or not a fedsim checkpoint ({reason}); it cannot be "

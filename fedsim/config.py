@@ -18,14 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsim.algorithms import ALGORITHMS, algorithm_class, algorithm_options
-from fedsim.core.channel import refusal
+from fedsim.core.channel import cohort_refusal, refusal
 from fedsim.core.params import Range, check_value
 from fedsim.data.schemes import SCHEMES
+from fedsim.engine.clock_options import check_options as check_clock_options
 from fedsim.errors import FedsimError
+from fedsim.privacy.aggregation import NEEDS_COHORT as DP_NEEDS_COHORT
 from fedsim.privacy.aggregation import SUMMED_ONLY as DP_SUMMED_ONLY
 from fedsim.privacy.options import check_options as check_privacy_options
 from fedsim.privacy.options import enabled as privacy_enabled
 from fedsim.robust import check_options as check_robust_options
+from fedsim.robust.aggregators import NEEDS_COHORT as ROBUST_NEEDS_COHORT
 from fedsim.robust.aggregators import SUMMED_ONLY as ROBUST_SUMMED_ONLY
 from fedsim.tracking import check_options as check_tracking_options
 
@@ -111,6 +114,14 @@ class GeneralOptions:
     stragglers: float = 0.0              # fraction of each round's cohort that straggles
     straggler_policy: str | None = None  # drop | partial (1..E-1 epochs); None: the algorithm's (FedProx partial)
     client_dropout: float = 0.0          # probability that a sampled client fails mid-round and sends nothing
+    # --- the simulated clock and asynchrony (fedsim/engine/clock.py, asynchronous.py) -------------
+    speed: str | None = None             # DIST of each client's samples per second (lognormal:MU,SIGMA, ...)
+    bandwidth: str | None = None         # DIST of each client's bits per second, up and down
+    profiles: str | None = None          # CSV client,samples_per_s,up_bps,down_bps instead
+    availability: str = "always"         # always | bernoulli:P | diurnal:PERIOD,DUTY | a trace CSV client,start,end
+    deadline: float | None = None        # a synchronous round counts the clients reporting within this many seconds
+    over_select: float | None = None     # sample ceil(F x cohort), keep the first cohort-size to report
+    concurrency: int | None = None       # asynchronous algorithms: clients training at once (default: the cohort)
     clip: float | None = None            # max global grad norm per step
     executor: str = "auto"               # auto | sequential | vmap
     cohort_chunk: int | None = None      # vmap: clients trained together at most (default: whole cohort)
@@ -178,6 +189,16 @@ class GeneralOptions:
             users.append((f"--aggregate {self.aggregate}", ROBUST_SUMMED_ONLY))
         return users
 
+    def cohort_users(self) -> list[tuple[str, str]]:
+        """The channel's stages and reducer these options ask for that need a cohort of updates (their name, why):
+        an algorithm applying each update alone is refused with them (fedsim.core.channel.cohort_refusal)."""
+        users = []
+        if privacy_enabled(self) and self.dp_mode == "central":
+            users.append(("differential privacy (--dp-mode central)", DP_NEEDS_COHORT))
+        if self.aggregate != "mean":
+            users.append((f"--aggregate {self.aggregate}", ROBUST_NEEDS_COHORT))
+        return users
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
@@ -230,7 +251,13 @@ class GeneralOptions:
         algorithm_class(self.algo).check_config(self)
         check_robust_options(self)
         check_privacy_options(self)
-        problem = refusal(self.algo, algorithm_class(self.algo).sends, self.channel_users())
+        algo = algorithm_class(self.algo)
+        check_clock_options(self, algo.asynchronous)
+        if self.concurrency is not None and not algo.asynchronous:
+            raise FedsimError(f"--concurrency is for the asynchronous algorithms (fedbuff, fedasync), not {self.algo}: "
+                              "a synchronous round trains its cohort (--fraction, --min-clients)")
+        problem = (refusal(self.algo, algo.sends, self.channel_users())
+                   or cohort_refusal(self.algo, algo.single_update, self.cohort_users()))
         if problem:
             raise FedsimError(problem)
         check_tracking_options(self.log, self.mlflow_uri)
@@ -259,6 +286,7 @@ RANGES = {
     "dp_noise": Range(0), "dp_epsilon": Range(0, low_open=True), "dp_noise_seed": Range(0),
     "dp_delta": Range(0, 1, low_open=True, high_open=True),
     "dp_clip_quantile": Range(0, 1, low_open=True, high_open=True),
+    "deadline": Range(0, low_open=True), "over_select": Range(1), "concurrency": Range(1),
 }
 
 

@@ -25,6 +25,9 @@ from fedsim.core.channel import Channel
 from fedsim.core.hooks import ClientJob, ClientStore, ModelKeys
 from fedsim.core.state import clone, model_state
 from fedsim.engine import distributed
+from fedsim.engine.asynchronous import COLUMNS as ASYNC_COLUMNS
+from fedsim.engine.asynchronous import AsyncLoop, Staleness, Stream
+from fedsim.engine.clock_options import clocked
 from fedsim.engine.evaluate import eval_plan, evaluating_on, evaluation_threads, personal_summary, predict
 from fedsim.engine.executors import make_executor
 from fedsim.engine.local import ClientData, LocalSpec
@@ -59,6 +62,7 @@ class Experiment:
     privacy: object = None  # fedsim.privacy.Privacy (--dp-noise, --dp-epsilon), None: no DP
     ranks: object = None  # under torchrun: this process's share of the work (engine.distributed.Ranks)
     eval_threads: object = None  # evaluation's own CPU thread count (engine.evaluate.evaluation_threads), made once
+    clock: object = None  # the simulated clock (engine.clock.Clock: profiles, availability); None: none given
 
     def cohort(self, round: int, eligible: np.ndarray, size: int) -> np.ndarray:
         return np.sort(rng.keyed_rng(rng.COHORT, self.config.seed, round).choice(eligible, size, replace=False))
@@ -68,7 +72,7 @@ class Experiment:
         """The run's identity (fedsim/identity.py): its options, data, partition, initial model and fedsim's
         numeric version; `identity.sha256` names the run. Read before training: the model holds its initial
         weights until then."""
-        return identity_of(self.config, self.dataset, self.partition, self.model)
+        return identity_of(self.config, self.dataset, self.partition, self.model, self.clock)
 
 
 def setup(config: Config, model=None, dataset=None, executor_factory=make_executor, ranks=None) -> Experiment:
@@ -81,6 +85,8 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     from fedsim.models import bn_state_keys, build_model, find_head, split_state_keys
 
     config.validate()
+    if ranks is not None and algorithm_class(config.algo).asynchronous:
+        raise FedsimError(f"{config.algo} runs in one process (its event loop orders every update): drop --nproc")
     device = resolve_device(config.device) if ranks is None else ranks.device(resolve_device(config.device))
     if dataset is None:
         dataset = load_config_dataset(config)
@@ -110,21 +116,26 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     keys = ModelKeys(params=[k for k, _ in model.named_parameters()],
                      buffers=[k for k, _ in model.named_buffers()], bn=list(bn_state_keys(model)), head=head)
     algorithm = algo_cls(config, keys, eligible)
-    cohort = cohort_size(config, eligible)
+    # the updates one server step reduces: a round's cohort, or an asynchronous algorithm's buffer
+    cohort = algorithm.buffer_size if algo_cls.asynchronous else cohort_size(config, eligible)
+    if algo_cls.asynchronous and concurrency(config, eligible) > eligible:
+        raise FedsimError(f"--concurrency {config.concurrency} is more than the {eligible} clients with data")
     robust = install_robustness(config, keys, partition, dataset.y_train, dataset.num_classes, cohort)
+    optimizer = OptimizerSpec(config.optimizer, config.lr, config.momentum, config.nesterov,
+                              config.weight_decay, tuple(config.betas))
+    spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
+                     config.seed)
+    clock = make_clock(config, partition, spec, algorithm) if clocked(config) else None  # part of the identity
     privacy = install_privacy(config, eligible, cohort,
-                              noise_key(config, identity_of(config, dataset, partition, model)))
-    channel = Channel(robust.stages + (() if privacy is None else privacy.stages),
+                              noise_key(config, identity_of(config, dataset, partition, model, clock)))
+    stale = (Staleness(algorithm.staleness_weight),) if algo_cls.asynchronous else ()  # after the clients' stages
+    channel = Channel(robust.stages + (() if privacy is None else privacy.stages) + stale,
                       robust.reducer if privacy is None else privacy.reducer, variance_keys(model))
     channel.check(config.algo, algorithm.sends)
 
     # the partition is already CSR: one index array plus offsets (copied: its arrays are read-only)
     data = ClientData(dataset.x_train, robust.labels, torch.tensor(partition.train_index, device=device),
                       partition.train_offsets)
-    optimizer = OptimizerSpec(config.optimizer, config.lr, config.momentum, config.nesterov,
-                              config.weight_decay, tuple(config.betas))
-    spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
-                     config.seed)
     algorithm.attach(model, data)
     threads = config.threads  # under torchrun on the CPU: this machine's cores shared out among its ranks
     if threads is None and ranks is not None and device.type == "cpu":
@@ -133,7 +144,20 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
                                 config.cohort_chunk, config.compile, threads)
     executor.threads.apply()
     return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, channel,
-                      robust.malicious, privacy, ranks)
+                      robust.malicious, privacy, ranks, clock=clock)
+
+
+def make_clock(config: Config, partition, spec: LocalSpec, algorithm):
+    """The run's simulated clock: its clients' profiles and availability (each file read and checked here,
+    before anything is written), --deadline and --over-select."""
+    from fedsim.engine.availability import Availability
+    from fedsim.engine.clock import Clock
+    from fedsim.engine.profiles import Profiles
+
+    n = partition.num_clients
+    return Clock(Profiles.from_options(config.speed, config.bandwidth, config.profiles, config.seed, n),
+                 Availability(config.availability, n, config.seed), config.deadline, config.over_select, spec,
+                 algorithm.phases(), partition.train_sizes)
 
 
 def noise_key(config: Config, identity: RunIdentity) -> int:
@@ -151,6 +175,11 @@ def variance_keys(model: torch.nn.Module) -> list[str]:
 def cohort_size(config: Config, eligible: int) -> int:
     """Clients per round: max(round(fraction x clients with data), min_clients), at most those clients."""
     return min(max(round(config.fraction * eligible), config.min_clients, 1), eligible)
+
+
+def concurrency(config: Config, eligible: int) -> int:
+    """An asynchronous run's clients training at once: --concurrency, else the cohort size."""
+    return config.concurrency if config.concurrency is not None else cohort_size(config, eligible)
 
 
 def load_config_dataset(config: Config):
@@ -293,6 +322,7 @@ def run_record(exp: Experiment) -> dict:
         **({} if exp.malicious is None else {"malicious_clients": exp.malicious.tolist()}),
         **({} if exp.privacy is None else {"privacy": exp.privacy.record}),
         **({"evaluation": evaluation_plan(exp).record()} if evaluation_columns(exp.config) else {}),
+        **({} if exp.clock is None else {"clock": exp.clock.record()}),
         "processes": 1 if exp.ranks is None else exp.ranks.world_size,  # torchrun's ranks sharing each cohort
         "status": "running",
     }
@@ -367,11 +397,13 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
         for _ in _round_loop(exp, None, start, stragglers):
             pass
         return pd.DataFrame()
+    asynchronous = exp.algorithm.asynchronous
+    clock_columns = ASYNC_COLUMNS if asynchronous else [] if exp.clock is None else SYNC_CLOCK_COLUMNS
     writer = RunWriter(config.out_dir, config.run_name(), config.overwrite, run_record(exp),
                        resume_round=None if checkpoint is None else checkpoint.round,
                        columns=CSV_COLUMNS + evaluation_columns(config)
                        + ([] if exp.malicious is None else ["malicious"]) + stragglers.columns
-                       + ([] if exp.privacy is None else PRIVACY_COLUMNS) + list(exp.channel.columns))
+                       + ([] if exp.privacy is None else PRIVACY_COLUMNS) + list(exp.channel.columns) + clock_columns)
     done, saved = start, start.round  # the last completed round, and the last checkpointed one
     trackers = Trackers(config, writer.dir, config.run_name(), None if checkpoint is None else checkpoint.round)
 
@@ -386,7 +418,8 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
         if getattr(exp.dataset, "vocabulary", None) is not None:  # the token ids the run's numbers stand for
             exp.dataset.vocabulary.write(vocabulary_path(config))
         with stop_on_sigterm():
-            for done, row in _user_errors_named(_round_loop(exp, writer, start, stragglers), config.debug):
+            loop = _async_loop(exp, writer, start) if asynchronous else _round_loop(exp, writer, start, stragglers)
+            for done, row in _user_errors_named(loop, config.debug):
                 if row is not None:
                     trackers.on_row(row)
                 if row is not None and on_round is not None:
@@ -434,53 +467,123 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
+SYNC_CLOCK_COLUMNS = ["sim_seconds", "late"]  # a synchronous run on the simulated clock
+
+
 def _round_loop(exp: Experiment, writer: RunWriter | None, start: Progress, stragglers: Stragglers):
     """Rounds start.round + 1 to --rounds; yields (the Progress after the round, its row or None) for each.
     Without a `writer` (torchrun's ranks other than 0) nothing is evaluated or written.
 
     A round is complete once aggregated and its row (when due) written; the Progress yielded then does not
     change afterwards (the store's `put` replaces entries), so it can be checkpointed at any later moment.
+    On the simulated clock (`exp.clock`) a round samples among the clients available at its start, and its
+    deadline and over-selection decide whose updates count (fedsim.engine.clock).
     """
-    config, algo, part = exp.config, exp.algorithm, exp.partition
+    config, algo, part, clock = exp.config, exp.algorithm, exp.partition, exp.clock
     server = start.server
     store = ClientStore(algo.personal_initial(model_state(exp.model)), start.clients)
     eligible = np.flatnonzero(part.train_sizes > 0)
     size = cohort_size(config, len(eligible))
     started = time.perf_counter() - start.elapsed_seconds
     sent_up, sent_down = start.bytes_up, start.bytes_down  # since the last written row: --eval-every drops none
+    now = start.sim_seconds
     for r in range(start.round + 1, config.rounds + 1):
         round_start = time.perf_counter()
         lr = config.lr * config.lr_decay ** (r - 1)
         down = algo.bytes_down(server)  # the cohort receives the server's state from before the round
-        plan = stragglers.plan(exp.cohort(r, eligible, size), r)  # who trains, and the stragglers' work
-        result = run_round(algo, exp.executor, server, store, plan.train, r, lr, exp.channel, plan.work, exp.ranks)
+        timing = deliver = None
+        if clock is None:
+            plan = stragglers.plan(exp.cohort(r, eligible, size), r)  # who trains, and the stragglers' work
+            train, work = plan.train, plan.work
+        else:
+            now, available = clock.availability.wait(eligible, now, (r,))
+            plan = stragglers.plan(exp.cohort(r, available, clock.sampled(size, len(available))), r)
+            timing = clock.round(now, plan.train, plan.work, down, None if clock.over_select is None else size,
+                                 stragglers.policy == "partial")
+            train, work = timing.train, timing.work
+            pre = server  # what each client's upload is counted against (the CSV's bytes_up)
+
+            def deliver(sent, timing=timing, pre=pre):
+                return timing.deliver(sent, lambda m: clock.upload(m.client, bytes_sent_up(algo, pre, [m])))
+        result = run_round(algo, exp.executor, server, store, train, r, lr, exp.channel, work, exp.ranks, deliver)
         server = result.server
         if exp.privacy is not None:
             server = exp.privacy.after_round(server)
-        sent_up += bytes_sent_up(algo, server, result.sent)
+        sent_up += bytes_sent_up(algo, server, result.sent + result.late)
         sent_down += len(plan.cohort) * down
+        if timing is not None:
+            now = timing.end
         row = None
         if writer is not None and (r % config.eval_every == 0 or r == config.rounds):
-            row = {"round": r, "clients": len(result.sent),
-                   "train_loss": float(np.average([x.loss for x in result.sent],
-                                                  weights=[x.num_samples for x in result.sent]))
-                   if result.sent else float("nan"),
-                   **evaluate(exp, server, store, r, lr),
-                   "bytes_up": sent_up, "bytes_down": sent_down}
+            row = _row(exp, server, store, r, lr, result.sent, result.aggregate, mean_loss(result.sent), sent_up,
+                       sent_down)
             sent_up = sent_down = 0
-            if exp.malicious is not None:
-                row["malicious"] = int(np.isin([x.client for x in result.sent], exp.malicious).sum())
-            if exp.privacy is not None:
-                row.update(exp.privacy.row(r))
             if stragglers.active:
                 row.update(stragglers=plan.stragglers, dropped=plan.dropped)
-            row.update({c: None if result.aggregate is None else result.aggregate.info.get(c)
-                        for c in exp.channel.columns})
-            now = time.perf_counter()
-            row["round_seconds"] = now - round_start
-            row["elapsed_seconds"] = now - started
-            writer.append(row)
-        yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started), row
+            if timing is not None:
+                row.update(sim_seconds=now, late=timing.uncounted)
+            writer.append(_timed(row, round_start, started))
+        yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started, now), row
+
+
+def _async_loop(exp: Experiment, writer: RunWriter, start: Progress):
+    """The asynchronous algorithms' loop (fedsim.engine.asynchronous): server updates start.round + 1 to --rounds,
+    a row every --eval-every of them; yields as `_round_loop` does. The Progress carries the stream: the clients in
+    flight, the buffer, the simulated time."""
+    config, algo = exp.config, exp.algorithm
+    server = start.server
+    store = ClientStore(algo.personal_initial(model_state(exp.model)), start.clients)
+    eligible = np.flatnonzero(exp.partition.train_sizes > 0)
+    loop = AsyncLoop(algo, exp.executor, exp.channel, exp.clock, eligible, concurrency(config, len(eligible)),
+                     config.seed, lambda version: config.lr * config.lr_decay ** version, algo.bytes_down,
+                     lambda server, message: bytes_sent_up(algo, server, [message]))
+    stream = Stream.from_state(start.stream)
+    started = time.perf_counter() - start.elapsed_seconds
+    sent_up, sent_down = start.bytes_up, start.bytes_down
+    for r in range(start.round + 1, config.rounds + 1):
+        round_start = time.perf_counter()
+        update = loop.next_update(server, store, stream)
+        server = update.server
+        if exp.privacy is not None:
+            server = exp.privacy.after_round(server)
+        sent_up += update.bytes_up
+        sent_down += update.bytes_down
+        row = None
+        if writer is not None and (r % config.eval_every == 0 or r == config.rounds):
+            received = stream.row_columns()  # every update received since the last row
+            row = _row(exp, server, store, r, config.lr * config.lr_decay ** (r - 1), update.applied,
+                       update.aggregate, received.pop("train_loss"), sent_up, sent_down)
+            row.update(received)
+            sent_up = sent_down = 0
+            writer.append(_timed(row, round_start, started))
+        yield Progress(r, server, store.states(), sent_up, sent_down, time.perf_counter() - started, stream.time,
+                       stream.state()), row
+
+
+def mean_loss(sent) -> float:
+    """The senders' mean training loss, weighted by their sample counts (NaN with none)."""
+    return float(np.average([x.loss for x in sent], weights=[x.num_samples for x in sent])) if sent else float("nan")
+
+
+def _row(exp: Experiment, server, store, r: int, lr: float, sent, aggregate, train_loss: float, sent_up: int,
+         sent_down: int) -> dict:
+    """A CSV row's columns common to both loops: what the server update applied (`sent`, `aggregate`), the
+    evaluation, the bytes since the last row, the attack's, DP's and the reducer's columns."""
+    row = {"round": r, "clients": len(sent), "train_loss": train_loss, **evaluate(exp, server, store, r, lr),
+           "bytes_up": sent_up, "bytes_down": sent_down}
+    if exp.malicious is not None:
+        row["malicious"] = int(np.isin([x.client for x in sent], exp.malicious).sum())
+    if exp.privacy is not None:
+        row.update(exp.privacy.row(r))
+    row.update({c: None if aggregate is None else aggregate.info.get(c) for c in exp.channel.columns})
+    return row
+
+
+def _timed(row: dict, round_start: float, started: float) -> dict:
+    now = time.perf_counter()
+    row["round_seconds"] = now - round_start
+    row["elapsed_seconds"] = now - started
+    return row
 
 
 def _user_errors_named(rounds, debug: bool):

@@ -8,6 +8,8 @@ identity").
     model_class        the initial model's class (module and name)
     initial_sha256     the initial weights (names, shapes, dtypes, values)
     numeric_version    fedsim.version.NUMERIC_VERSION: raised whenever fedsim computes some run's numbers anew
+    clock_sha256       a run on the simulated clock: its client profiles and availability (Clock.digest: the rates
+                       drawn or read, a trace's windows), so a changed profile or trace file is another run
 
 The run record (`<name>.json`) and the checkpoint (`<name>.ckpt`) hold these facts and their hash; the record is
 the CSV's sidecar and also holds the sha256 of the CSV's bytes, the checkpoint that of the CSV's lines up to its
@@ -40,6 +42,7 @@ _FACTS = {
     "model_class": "the model's class",
     "initial_sha256": "the model's initial weights (sha256)",
     "numeric_version": "fedsim's numeric version (the numbers it computes)",
+    "clock_sha256": "the client profiles and availability (sha256)",
 }
 
 
@@ -80,8 +83,9 @@ class RunIdentity:
 
 
 def run_identity(config, dataset_sha256: str, partition_sha256: str, model_class: str,
-                 initial_sha256: str) -> RunIdentity:
-    """The identity of a run of `config` (a fedsim Config) on that data, partition and initial model."""
+                 initial_sha256: str, clock_sha256: str | None = None) -> RunIdentity:
+    """The identity of a run of `config` (a fedsim Config) on that data, partition and initial model, and on those
+    client profiles (`clock_sha256`; None, and not a fact, without the simulated clock)."""
     from fedsim.config import FIELDS, field_types
 
     floats = {name for name, hint in field_types().items() if hint in (float, float | None)}
@@ -93,17 +97,20 @@ def run_identity(config, dataset_sha256: str, partition_sha256: str, model_class
             options[name] = float(value) if name in floats and isinstance(value, int) else value
     facts = {"options": options, "dataset_sha256": dataset_sha256, "partition_sha256": partition_sha256,
              "model_class": model_class, "initial_sha256": initial_sha256, "numeric_version": NUMERIC_VERSION}
+    if clock_sha256 is not None:  # runs without a clock keep the identity they had before it existed
+        facts["clock_sha256"] = clock_sha256
     return RunIdentity(_plain(facts))
 
 
-def identity_of(config, dataset, partition, model) -> RunIdentity:
+def identity_of(config, dataset, partition, model, clock=None) -> RunIdentity:
     """The identity of a run of `config` on a fedsim Dataset, a Partition and its initial model (an nn.Module
-    holding its initial weights): `run_identity` of their hashes. Usable inside setup, before the Experiment."""
+    holding its initial weights), and its simulated clock (fedsim.engine.clock.Clock, or None): `run_identity` of
+    their hashes. Usable inside setup, before the Experiment."""
     from fedsim.core.state import model_state
 
     model_class = f"{type(model).__module__}.{type(model).__qualname__}"
     return run_identity(config, dataset.fingerprint(), partition.meta.get("sha256"), model_class,
-                        weights_sha256(model_state(model)))
+                        weights_sha256(model_state(model)), None if clock is None else clock.digest())
 
 
 def weights_sha256(state: dict) -> str:

@@ -23,6 +23,15 @@ Columns, one row per evaluated round (accuracies are fractions in [0, 1]):
     stragglers               (runs with --stragglers or --client-dropout only) stragglers in this round's cohort
     dropped                  (the same runs) clients of this round's cohort that sent nothing: failed ones
                              (--client-dropout) and stragglers under --straggler-policy drop
+    sim_seconds              (runs with client profiles: --speed, --bandwidth, --profiles) the simulated time at
+                             the end of the round (fedsim.engine.clock); asynchronous runs: of the server update
+    late                     (synchronous runs with profiles) sampled clients whose update did not count: past
+                             --deadline, after the first m to report (--over-select), or offline before reporting
+    updates                  (asynchronous runs: fedbuff, fedasync) client updates the server received since the
+                             previous row; their sample-weighted mean loss is train_loss, and `round` counts server
+                             updates, `clients` the updates the last one applied
+    staleness_mean, _max     (asynchronous runs) of those updates: model versions between the one a client trained
+                             from and the one its update was applied to
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ CSV_COLUMNS = [
 ]
 TIME_COLUMNS = ("round_seconds", "elapsed_seconds")
 INT_COLUMNS = ("round", "clients", "bytes_up", "bytes_down", "malicious", "stragglers", "dropped", "test_samples",
-               "personal_clients")
+               "personal_clients", "late", "updates", "staleness_max")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,9 @@ FIXED_ONLY = frozenset({"out_dir", "name", "overwrite", "quiet", "device", "data
 STACKABLE = frozenset({"seed", "partition_seed", "name", "partition", "clients", "iid", "dirichlet", "shards",
                        "labels", "quantity_skew", "natural", "min_size", "client_test_fraction", "fraction",
                        "min_clients", "rounds", "eval_every", "eval_sample", "eval_clients", "checkpoint_every",
-                       "quiet", "overwrite"})
+                       "quiet", "overwrite",
+                       # the simulated clock: who trains a round, and a late client's steps (a job's own work)
+                       "speed", "bandwidth", "profiles", "availability", "deadline", "over_select"})
 # The client optimizer's numbers: the executor takes them per job (a (K,) tensor each in the stacked step).
 OPTIMIZER_NUMBERS = frozenset({"lr", "lr_decay", "momentum", "weight_decay"})
 DEFAULT_MAX_RUNS = 1000
@@ -233,7 +235,9 @@ def stack_key(config: Config) -> str:
     each client as a tensor (FedProx's mu: `per_client` in its declaration); not in what the algorithm's phases
     read."""
     apart = (STACKABLE | OPTIMIZER_NUMBERS | per_client_options(config.algo)) - algorithm_class(config.algo).phases_read
-    if config.attack == "label-flip":  # its poisoned labels depend on the run's seed and partition: not shared
+    if config.attack == "label-flip" or algorithm_class(config.algo).asynchronous:
+        # label-flip's poisoned labels depend on the run's seed and partition; an asynchronous run's executor calls
+        # follow its own events: neither is shared
         apart = {"quiet", "overwrite"}
     return json.dumps({k: v for k, v in config.to_dict().items() if k not in apart}, sort_keys=True, default=str)
 

@@ -578,8 +578,9 @@ def test_global_algorithms_evaluate_the_global_model():
 def test_every_algorithm_runs_two_rounds(name, tmp_path):
     import fedsim
 
+    clock = {"speed": "constant:100"} if algorithm_class(name).asynchronous else {}  # they run on the clock
     config = fedsim.Config(algo=name, rounds=2, dataset="digits", model="cnn-bn" if name == "fedbn" else "mlp",
-                           out_dir=str(tmp_path), quiet=True, clients=4, local_steps=2, batch_size=32)
+                           out_dir=str(tmp_path), quiet=True, clients=4, local_steps=2, batch_size=32, **clock)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no BatchNorm")  # fedbn must get a model with BN
         df = fedsim.run(config)

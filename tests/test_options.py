@@ -35,7 +35,10 @@ def test_every_train_option_is_a_config_field_with_its_default():
 
 def test_algorithm_options_come_from_the_declarations():
     options = algorithm_options()
-    assert set(options["mu"].algorithms) == {"fedprox"} and Config().mu == 0.01
+    # --mu: FedProx's term, which the asynchronous algorithms add too (0 by default): each its own default
+    assert set(options["mu"].algorithms) == {"fedprox", "fedbuff", "fedasync"} and Config().mu is None
+    assert algorithm_class("fedprox").Params.from_config(Config()).mu == 0.01
+    assert algorithm_class("fedbuff").Params.from_config(Config()).mu == 0.0
     assert options_of("fedadagrad") == {"server_lr", "server_beta1", "server_tau"}  # no beta2: Adagrad has none
     # --server-lr: each algorithm its own default, so Config leaves it unset and the algorithm fills it in
     assert Config().server_lr is None

@@ -42,6 +42,8 @@ ALGORITHMS = {
     "fedamp": "fedsim.algorithms.fedamp:FedAMP",
     "apple": "fedsim.algorithms.apple:APPLE",
     "feddbe": "fedsim.algorithms.feddbe:FedDBE",
+    "fedbuff": "fedsim.algorithms.fedbuff:FedBuff",
+    "fedasync": "fedsim.algorithms.fedasync:FedAsync",
 }
 
 
@@ -125,7 +127,8 @@ def algorithms_help() -> str:
 
 def message_table() -> str:
     """A markdown table of what each algorithm's clients send (its `sends` declarations) and so which channel
-    stages take it: differential privacy and robust reducers need every field summed (fedsim.core.channel). The
+    stages take it: differential privacy and robust reducers need every field summed, central DP and robust
+    reducers a cohort of updates (fedsim.core.channel). The
     docs hold this table as generated (scripts/channel_table.py prints it; a test compares)."""
     from fedsim.core.channel import PER_CLIENT, SAMPLES, UNIFORM
 
@@ -139,5 +142,7 @@ def message_table() -> str:
         sends = algorithm_class(algo).sends
         per = [f"`{name}`" for name, spec in sends.items() if spec.kind == PER_CLIENT]
         total = ", ".join(summed(name, spec) for name, spec in sends.items() if spec.kind != PER_CLIENT)
-        lines.append(f"| {algo} | {total or '–'} | {', '.join(per) or '–'} | {'refused' if per else 'yes'} |")
+        cls = algorithm_class(algo)  # one that applies each update alone has no cohort to hide it or compare
+        channel = "refused" if per else "local DP only" if cls.single_update else "yes"
+        lines.append(f"| {algo} | {total or '–'} | {', '.join(per) or '–'} | {channel} |")
     return "\n".join(lines)

@@ -46,6 +46,8 @@ class FedAvg:
                                              centered=True)}
     phases_read: frozenset[str] = frozenset()  # general options the phases read (a loss's lr): they cannot stack
     straggler_policy = "drop"  # --stragglers when --straggler-policy is not given: drop them (FedProx's FedAvg)
+    asynchronous = False  # True: runs on the simulated clock's event loop (fedsim.engine.asynchronous), not in rounds
+    single_update: str | None = None  # how its server applies each update alone (FedAsync): a cohort of one
     Params = NoParams  # the algorithm's own options; a subclass declares its own (fedsim.core.params)
 
     no_freeze_base: str | None = None  # why a personalized algorithm cannot take --freeze-base, if it cannot

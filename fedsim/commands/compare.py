@@ -21,6 +21,7 @@ class Format(StrEnum):
 class XAxis(StrEnum):
     round = "round"
     time = "time"
+    sim_seconds = "sim_seconds"
 
 
 def compare(
@@ -32,16 +33,19 @@ def compare(
         help="CSV column to compare; columns named *loss* (and seconds/bytes/std) are lower-is-better.")]
         = "test_accuracy",
     target: Annotated[float | None, typer.Option(
-        help="Add 'rounds to target' and 'time to target': first round with metric >= TARGET "
-             "(<= for lower-is-better metrics).", show_default=False)] = None,
+        help="Add 'rounds to target' and 'time to target' (and 'sim time to target' for runs with client "
+             "profiles): first round with metric >= TARGET (<= for lower-is-better metrics).",
+        show_default=False)] = None,
     sort: Annotated[str | None, typer.Option(
         help="Order rows by this column, best first (key or label: final, best, best_round, "
              "rounds_to_target, time_to_target, total_time, total_bytes, personal_mean, personal_p10, "
-             "rounds, seeds, group, status). Default: final.", show_default=False)] = None,
+             "rounds, seeds, group, status; with the simulated clock also sim_time_to_target, total_sim_time). "
+             "Default: final.", show_default=False)] = None,
     plot: Annotated[Path | None, typer.Option(
         help="Also write the metric per round for each group (mean ± std band over seeds) to this PNG.",
         show_default=False, dir_okay=False)] = None,
-    x: Annotated[XAxis, typer.Option("--x", help="x axis of --plot: round, or time (elapsed_seconds).")]
+    x: Annotated[XAxis, typer.Option("--x", help="x axis of --plot: round, time (elapsed_seconds), or sim_seconds "
+                                                 "(the simulated clock's time, for runs with client profiles).")]
         = XAxis.round,
     format: Annotated[Format, typer.Option(
         "--format", help="table (rich), or markdown / csv / json on stdout for files and scripts.")]

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from fedsim.algorithms import algorithm_options, algorithms_help
+from fedsim.algorithms import algorithm_class, algorithm_options, algorithms_help
 from fedsim.commands import arguments_without_nproc, from_command_line, stderr_console, user_errors, with_options
 from fedsim.commands.options import (
     PARTITION,
@@ -60,6 +60,7 @@ _ROUNDS = "Rounds and local training"
 _RUN = "Run and output"
 _ROBUST = "Robust aggregation and attacks"
 _DP = "Differential privacy"
+_CLOCK = "Simulated clock and asynchrony"
 
 
 def train(
@@ -182,6 +183,36 @@ def train(
         rich_help_panel=_ROUNDS)] = None,
     client_dropout: Annotated[float, typer.Option(metavar="Q", help="Probability that a sampled client fails "
                                                   "mid-round and sends nothing.", rich_help_panel=_ROUNDS)] = 0.0,
+    speed: Annotated[str | None, typer.Option(
+        metavar="DIST", rich_help_panel=_CLOCK,
+        help="Simulated clock: each client's local training speed in samples per second, drawn once (keyed by "
+             "--seed) from lognormal:MU,SIGMA (MU = ln of the median), uniform:A,B or constant:V.")] = None,
+    bandwidth: Annotated[str | None, typer.Option(
+        metavar="DIST", rich_help_panel=_CLOCK,
+        help="Simulated clock: each client's bandwidth in bits per second (up and down alike), a DIST as --speed. "
+             "A rate not given costs no time.")] = None,
+    profiles: Annotated[str | None, typer.Option(
+        metavar="FILE", rich_help_panel=_CLOCK,
+        help="Simulated clock: a CSV client,samples_per_s,up_bps,down_bps with a row for every client, instead "
+             "of --speed and --bandwidth.")] = None,
+    availability: Annotated[str, typer.Option(
+        metavar="MODE", rich_help_panel=_CLOCK,
+        help="When clients can train: always, bernoulli:P (each sampling, each client with probability P), "
+             "diurnal:PERIOD,DUTY (DUTY of every PERIOD seconds, at a phase per client), or a trace CSV "
+             "client,start,end of windows. A client offline before it reports sends nothing.")] = "always",
+    deadline: Annotated[float | None, typer.Option(
+        metavar="SECONDS", rich_help_panel=_CLOCK,
+        help="A synchronous round counts only the clients that report within SECONDS of its start (under the "
+             "partial straggler policy, a late client trains the steps that fit); asynchronous: a client not "
+             "done in SECONDS is dropped.")] = None,
+    over_select: Annotated[float | None, typer.Option(
+        metavar="F", rich_help_panel=_CLOCK,
+        help="Sample ceil(F x the cohort size) clients a round and keep the first cohort-size to report "
+             "(Bonawitz et al. 2019).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        metavar="K", rich_help_panel=_CLOCK,
+        help="fedbuff, fedasync: clients training at once (default: the cohort size of --fraction, "
+             "--min-clients); --rounds counts server updates.")] = None,
     executor: Annotated[str, typer.Option(help="auto (vmap where the model and algorithm allow it) | sequential | "
                                           "vmap.", rich_help_panel=_RUN)] = "auto",
     cohort_chunk: Annotated[int | None, typer.Option(help="vmap: train at most this many clients at once.",
@@ -363,7 +394,8 @@ def _print_summary(cfg, df) -> None:
         return
     best = df["test_accuracy"].idxmax()
     last = df.iloc[-1]
-    table = Table(title=f"{cfg.run_name()}: {cfg.algo} on {cfg.dataset}, {int(last['round'])} rounds")
+    steps = "server updates" if algorithm_class(cfg.algo).asynchronous else "rounds"
+    table = Table(title=f"{cfg.run_name()}: {cfg.algo} on {cfg.dataset}, {int(last['round'])} {steps}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("final test accuracy (global model, test split)", f"{last['test_accuracy']:.4f}")
@@ -372,6 +404,8 @@ def _print_summary(cfg, df) -> None:
     table.add_row("final personalized accuracy (worst 10% of clients)", f"{last['personal_accuracy_p10']:.4f}")
     table.add_row("final train loss (this round's clients)", f"{last['train_loss']:.4f}")
     table.add_row("wall time", f"{last['elapsed_seconds']:.1f} s")
+    if "sim_seconds" in df:  # client profiles: the simulated clock's time
+        table.add_row("simulated time", f"{last['sim_seconds']:.1f} s")
     record = Path(cfg.out_dir) / (cfg.run_name() + ".json")
     compiling = json.loads(record.read_text()).get("summary", {}).get("compile_seconds") if record.exists() else None
     if compiling is not None:

@@ -36,8 +36,12 @@ def columns(summary: Summary) -> list[Column]:
     if summary.target is not None:
         cols += [Column("rounds_to_target", "rounds to target", "low", True),
                  Column("time_to_target", "time to target", "low", True)]
-    cols += [Column("total_time", "total time", "low", True),
-             Column("total_bytes", "total bytes", "low", True)]
+        if summary.has_sim:  # runs on the simulated clock: the time a deployment would take
+            cols.append(Column("sim_time_to_target", "sim time to target", "low", True))
+    cols += [Column("total_time", "total time", "low", True)]
+    if summary.has_sim:
+        cols.append(Column("total_sim_time", "total sim time", "low", True))
+    cols += [Column("total_bytes", "total bytes", "low", True)]
     if summary.has_personal:
         cols += [Column("personal_mean", "personal acc mean", "high", True),
                  Column("personal_p10", "personal acc worst-10%", "high", True)]
@@ -53,7 +57,7 @@ def _find_column(cols: Sequence[Column], name: str) -> Column:
     for c in cols:
         if _norm(name) in (_norm(c.key), _norm(c.label)):
             return c
-    if _norm(name) in ("rounds to target", "time to target"):
+    if _norm(name) in ("rounds to target", "time to target", "sim time to target"):
         raise FedsimError(f"--sort {name!r} needs --target")
     raise FedsimError(f"unknown --sort column {name!r}; choose from: {', '.join(c.key for c in cols)}")
 
@@ -63,6 +67,7 @@ _SORT_FIELD = {
     "seeds": "n", "final": "final_{m}_mean", "epsilon": "epsilon_mean", "best": "best_{m}_mean",
     "best_round": "best_round_mean",
     "rounds_to_target": "rounds_to_target_mean", "time_to_target": "time_to_target_seconds_mean",
+    "sim_time_to_target": "sim_time_to_target_seconds_mean", "total_sim_time": "total_sim_seconds_mean",
     "total_time": "total_seconds_mean", "total_bytes": "total_bytes_mean",
     "personal_mean": "personal_acc_mean_mean", "personal_p10": "personal_acc_p10_mean",
     "rounds": "rounds_completed_max",

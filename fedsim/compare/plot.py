@@ -12,16 +12,20 @@ from fedsim.compare.groups import Group
 from fedsim.compare.summary import Summary, _group_status
 from fedsim.errors import FedsimError
 
+X_AXES = {"round": "round", "time": "elapsed time (s)", "sim_seconds": "simulated time (s)"}
+
 
 def curve(group: Group, metric: str, x: str = "round") -> pd.DataFrame:
-    """Per round: mean and sample std of `metric` over the group's seeds, their count, and x
-    (the round, or the mean elapsed_seconds at that round for x="time")."""
-    frames = [r.rows[["round", "elapsed_seconds", metric]] for r in group.runs if metric in r.rows]
+    """Per round: mean and sample std of `metric` over the group's seeds, their count, and x (the round, or the
+    mean at that round of elapsed_seconds for x="time", of the simulated clock's sim_seconds for x="sim_seconds";
+    runs without that column are left out)."""
+    clock = "sim_seconds" if x == "sim_seconds" else "elapsed_seconds"
+    frames = [r.rows[["round", clock, metric]] for r in group.runs if metric in r.rows and clock in r.rows]
     data = pd.concat(frames).dropna(subset=[metric]) if frames else pd.DataFrame(
-        columns=["round", "elapsed_seconds", metric], dtype=float)
+        columns=["round", clock, metric], dtype=float)
     stats = data.groupby("round").agg(mean=(metric, "mean"), std=(metric, "std"), count=(metric, "size"),
-                                      time=("elapsed_seconds", "mean")).reset_index()
-    stats["x"] = stats["time"] if x == "time" else stats["round"]
+                                      time=(clock, "mean")).reset_index()
+    stats["x"] = stats["round"] if x == "round" else stats["time"]
     return stats
 
 
@@ -48,8 +52,11 @@ def plot_curves(summary: Summary, path: str | Path, x: str = "round") -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if x not in ("round", "time"):
-        raise FedsimError(f"--x must be round or time, not {x!r}")
+    if x not in X_AXES:
+        raise FedsimError(f"--x must be one of {', '.join(X_AXES)}, not {x!r}")
+    if x == "sim_seconds" and not summary.has_sim:
+        raise FedsimError("--x sim_seconds: no run has the simulated clock's sim_seconds (train with client profiles: "
+                          "--speed, --bandwidth or --profiles)")
     path = check_plot_path(path)
     fig = Figure(figsize=(9, 5.5), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
@@ -76,9 +83,9 @@ def plot_curves(summary: Summary, path: str | Path, x: str = "round") -> Path:
     if summary.target is not None:
         ax.axhline(summary.target, color="0.3", ls="--", lw=1.2, label=f"target {summary.target:g}")
     direction = "lower" if summary.lower_is_better else "higher"
-    ax.set_title(f"{summary.metric} vs {'round' if x == 'round' else 'elapsed time'} "
+    ax.set_title(f"{summary.metric} vs {X_AXES[x].removesuffix(' (s)')} "
                  f"(mean ± sample std over seeds; {direction} is better)")
-    ax.set_xlabel("round" if x == "round" else "elapsed time (s)")
+    ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(summary.metric)
     ax.grid(True, alpha=0.3)
     if x == "round":

@@ -36,7 +36,9 @@ class RunSummary:
     reached: bool | None          # None without a target
     rounds_to_target: float
     time_to_target: float
+    sim_time_to_target: float     # the simulated clock's sim_seconds at that row (NaN: no clock)
     total_seconds: float
+    total_sim_seconds: float      # sim_seconds at the last row (NaN: no clock)
     total_bytes: float
     personal_mean: float
     personal_p10: float
@@ -61,13 +63,15 @@ def summarize_run(run: Run, metric: str, target: float | None = None) -> RunSumm
         best, best_round = float(valid[best_idx]), float(rows.at[best_idx, "round"])
     else:
         best = best_round = math.nan
-    reached, rounds_to_target, time_to_target = None, math.nan, math.nan
+    reached, rounds_to_target, time_to_target, sim_time_to_target = None, math.nan, math.nan, math.nan
     if target is not None:
         hit = valid[valid <= target] if low else valid[valid >= target]
         reached = bool(len(hit))
         if reached:
             rounds_to_target = float(rows.at[hit.index[0], "round"])
             time_to_target = float(rows.at[hit.index[0], "elapsed_seconds"])
+            if "sim_seconds" in rows:
+                sim_time_to_target = float(rows.at[hit.index[0], "sim_seconds"])
     planned = run.config.get("rounds")
     return RunSummary(
         file=run.file,
@@ -79,7 +83,9 @@ def summarize_run(run: Run, metric: str, target: float | None = None) -> RunSumm
         reached=reached,
         rounds_to_target=rounds_to_target,
         time_to_target=time_to_target,
+        sim_time_to_target=sim_time_to_target,
         total_seconds=_last_value(rows, "elapsed_seconds"),
+        total_sim_seconds=_last_value(rows, "sim_seconds"),
         total_bytes=float(rows["bytes_up"].sum(min_count=1) + rows["bytes_down"].sum(min_count=1)),
         personal_mean=_last_value(rows, "personal_accuracy_mean"),
         personal_p10=_last_value(rows, "personal_accuracy_p10"),
@@ -114,6 +120,11 @@ class Summary:
                    for rs in self.runs for r in rs)
 
     @property
+    def has_sim(self) -> bool:
+        """Some run has the simulated clock's sim_seconds (client profiles)."""
+        return any(not math.isnan(r.total_sim_seconds) for rs in self.runs for r in rs)
+
+    @property
     def has_epsilon(self) -> bool:
         return any(not math.isnan(r.epsilon) for rs in self.runs for r in rs)
 
@@ -139,7 +150,12 @@ class Summary:
                 all_reached = all(r.reached for r in rs)
                 add("rounds_to_target", [r.rounds_to_target for r in rs] if all_reached else [math.nan])
                 add("time_to_target_seconds", [r.time_to_target for r in rs] if all_reached else [math.nan])
+                if self.has_sim:
+                    add("sim_time_to_target_seconds",
+                        [r.sim_time_to_target for r in rs] if all_reached else [math.nan])
             add("total_seconds", [r.total_seconds for r in rs])
+            if self.has_sim:
+                add("total_sim_seconds", [r.total_sim_seconds for r in rs])
             add("total_bytes", [r.total_bytes for r in rs])
             if personal:
                 add("personal_acc_mean", [r.personal_mean for r in rs])

@@ -64,20 +64,22 @@ def _fmt_rounds_completed(rs: Sequence[RunSummary]) -> str:
     return text
 
 
-def _target_cells(summary: Summary, rs: Sequence[RunSummary]) -> tuple[str, str]:
+def _target_cells(summary: Summary, rs: Sequence[RunSummary]) -> tuple[str, str, str]:
+    """The rounds, time and simulated time to the target."""
     reached = [r for r in rs if r.reached]
     if len(reached) == len(rs):
         return (_fmt_pm([r.rounds_to_target for r in rs], _fmt_round, hide_zero=True),
-                _fmt_scaled([r.time_to_target for r in rs], _TIME_UNITS))
+                _fmt_scaled([r.time_to_target for r in rs], _TIME_UNITS),
+                _fmt_scaled([r.sim_time_to_target for r in rs], _TIME_UNITS))
     missed = [r.best for r in rs if not r.reached and not math.isnan(r.best)]
     pick = min if summary.lower_is_better else max
     best = f"best {_fmt_num(pick(missed))}" if missed else "no values"
     if len(rs) == 1:
-        return f"not reached ({best})", "not reached"
+        return f"not reached ({best})", "not reached", "not reached"
     if not reached:
-        return f"not reached by any of {len(rs)} seeds ({best})", "not reached"
-    return (f"reached by {len(reached)}/{len(rs)} seeds only (others' {best})",
-            f"{len(reached)}/{len(rs)} seeds only")
+        return f"not reached by any of {len(rs)} seeds ({best})", "not reached", "not reached"
+    only = f"{len(reached)}/{len(rs)} seeds only"
+    return f"reached by {len(reached)}/{len(rs)} seeds only (others' {best})", only, only
 
 
 def display_rows(summary: Summary) -> tuple[list[Column], list[list[str]], list[list[bool]]]:
@@ -93,6 +95,7 @@ def display_rows(summary: Summary) -> tuple[list[Column], list[list[str]], list[
             "best_round": _fmt_pm([r.best_round for r in rs], _fmt_round, hide_zero=True),
             "epsilon": _fmt_pm([r.epsilon for r in rs]),
             "total_time": _fmt_scaled([r.total_seconds for r in rs], _TIME_UNITS),
+            "total_sim_time": _fmt_scaled([r.total_sim_seconds for r in rs], _TIME_UNITS),
             "total_bytes": _fmt_scaled([r.total_bytes for r in rs], _BYTE_UNITS),
             "personal_mean": _fmt_pm([r.personal_mean for r in rs]),
             "personal_p10": _fmt_pm([r.personal_p10 for r in rs]),
@@ -100,14 +103,15 @@ def display_rows(summary: Summary) -> tuple[list[Column], list[list[str]], list[
             "status": _group_status(rs),
         }
         if summary.target is not None:
-            cells["rounds_to_target"], cells["time_to_target"] = _target_cells(summary, rs)
+            cells["rounds_to_target"], cells["time_to_target"], cells["sim_time_to_target"] = \
+                _target_cells(summary, rs)
         rows.append([cells[c.key] for c in cols])
     best = [[False] * len(cols) for _ in rows]
     for j, col in enumerate(cols):
         if not col.highlight or len(rows) < 2:
             continue
         values = _column_values(summary, col)
-        if col.key in ("total_time", "total_bytes"):  # a run cut short is cheap, not better
+        if col.key in ("total_time", "total_sim_time", "total_bytes"):  # a run cut short is cheap, not better
             values = [v if _group_status(rs) == "finished" else math.nan
                       for v, rs in zip(values, summary.runs, strict=True)]
         finite = [v for v in values if not math.isnan(v)]
@@ -125,6 +129,8 @@ def _caption(summary: Summary) -> list[str]:
     if summary.target is not None:
         sign = "≤" if summary.lower_is_better else "≥"
         first += f"; target {sign} {summary.target:g} (time to target = elapsed_seconds at that round)"
+    if summary.has_sim:
+        first += "; sim time = the simulated clock's sim_seconds (client profiles)"
     lines = [first, "mean ± sample std (ddof=1) over seeds; final = last evaluated round; "
                     "best = each seed's best round, averaged"]
     if any("trained together" in str(((run.record or {}).get("executor") or {}).get("reason", ""))

@@ -150,6 +150,17 @@ def refusal(algorithm: str, sends: dict[str, Field], users: Sequence[tuple[str, 
     return None
 
 
+def cohort_refusal(algorithm: str, alone: str | None, users: Sequence[tuple[str, str]]) -> str | None:
+    """Why `algorithm`, whose server applies each update alone (`alone` says how; None: it reduces a cohort),
+    cannot pass the channel stages and reducers `users` ((name, why it needs a cohort of updates)); None when it
+    can. Derived from the declarations alone."""
+    for user, reason in users:
+        if alone and reason:
+            return (f"{user} cannot take {algorithm}: {reason}, and {algorithm} {alone} (a cohort of one); choose "
+                    "another --algo (fedbuff reduces a buffer of updates)")
+    return None
+
+
 def stack_updates(sends: dict[str, Field], messages: Sequence[Message], center: State, centered: bool = True):
     """(clients, coordinates): every floating tensor of every summed field, flattened in declaration order; a
     centered field's minus `center` (the global model) unless `centered` is False. Also the (field, key) of each

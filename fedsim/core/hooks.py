@@ -72,10 +72,21 @@ class ClientJob:
     # Its run's client-optimizer numbers ("lr" this round, "momentum", "weight_decay"), where runs of a sweep
     # with other values train together. None (or a number left out): the executor's.
     optimizer: dict | None = None
+    # An asynchronous client's keys (fedsim.engine.asynchronous), so that clients from several model versions train
+    # in one executor call: the round its draws are keyed by (the version it received + 1) in place of the call's,
+    # and how many times it trained from that version before (a key of its draws when above 0). None, 0: the call's.
+    round: int | None = None
+    repeat: int = 0
 
     @property
     def data_rows(self) -> int:
         return self.client if self.rows is None else self.rows
+
+    def draw_keys(self, round: int) -> tuple[int, ...]:
+        """(round, client[, repeat]): what its keyed draws (batch order, torch's seed) take after the seed, `round`
+        being the executor call's."""
+        own = round if self.round is None else self.round
+        return (own, self.client) if not self.repeat else (own, self.client, self.repeat)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ STRAGGLERS, DROPOUT = 6, 7  # --stragglers: who straggles (round) and its local 
 DP_NOISE, DP_LOCAL_NOISE, DP_COUNT = 8, 9, 10  # fedsim.privacy: the server's noise (round), a client's (round,
 #                                                client), adaptive clipping's noised count (round)
 EVAL_SAMPLE, EVAL_CLIENTS = 11, 12  # --eval-sample's test rows, --eval-clients' clients: (seed) only, fixed for a run
+SPEED, BANDWIDTH, AVAILABILITY = 13, 14, 15  # the simulated clock (fedsim.engine.profiles): client speeds and
+#                                              bandwidths (seed), availability (seed: diurnal phases; round: Bernoulli)
 
 
 def keyed_rng(purpose: int, seed: int, *keys: int) -> np.random.Generator:
@@ -24,6 +26,6 @@ def keyed_rng(purpose: int, seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([purpose, seed, *keys])
 
 
-def keyed_torch_seed(seed: int, round: int, client: int) -> int:
+def keyed_torch_seed(seed: int, round: int, client: int, *more: int) -> int:
     """A torch seed for a client's round (dropout and other in-model randomness)."""
-    return int(keyed_rng(TORCH, seed, round, client).integers(2**62))
+    return int(keyed_rng(TORCH, seed, round, client, *more).integers(2**62))

@@ -120,8 +120,9 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
     seed = spec.seed if job.seed is None else job.seed
     numbers = job.optimizer or {}  # its run's, in a sweep's stack
     lr, momentum, weight_decay = numbers.get("lr", lr), numbers.get("momentum"), numbers.get("weight_decay")
-    torch.manual_seed(rng.keyed_torch_seed(seed, round, job.client))
-    generator = rng.keyed_rng(rng.BATCHES, seed, round, job.client)
+    keys = job.draw_keys(round)
+    torch.manual_seed(rng.keyed_torch_seed(seed, *keys))
+    generator = rng.keyed_rng(rng.BATCHES, seed, *keys)
     own = data.of(job.data_rows)
     n = len(own)
     model.train()
@@ -157,7 +158,7 @@ def train_client(model: torch.nn.Module, data: ClientData, spec: LocalSpec, phas
         steps.append(len(schedule))
     total_steps = max(sum(steps), 1)
     return ClientResult(job.client, n, states, steps, float(loss_sum) / total_steps, float(last_finite), lr,
-                        round=round)
+                        round=keys[0])
 
 
 class SequentialExecutor:

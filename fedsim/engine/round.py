@@ -13,7 +13,7 @@ The algorithm is duck-typed (the hooks of fedsim.algorithms.fedavg.FedAvg): the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from fedsim.core.channel import Aggregate, Channel, Message
 from fedsim.core.hooks import ClientResult, ClientStore, ServerState
@@ -24,13 +24,15 @@ from fedsim.errors import DivergenceError
 @dataclass(frozen=True)
 class RoundResult:
     server: ServerState  # the server state after the round
-    sent: list[Message]  # what each client of the cohort sent, before the channel's stages
+    sent: list[Message]  # what the cohort's clients sent and the round counts, before the channel's stages
     aggregate: Aggregate | None  # what the server update received; None when no client sent
     trained: list[ClientResult]  # the clients' trained states (this process's share under torchrun): never sent
+    late: list[Message] = field(default_factory=list)  # sent, but after the round closed (`deliver`): not counted
 
 
 def run_round(algorithm, executor, server: ServerState, store: ClientStore, cohort, round: int,
-              lr: float, channel: Channel | None = None, work: dict | None = None, ranks=None) -> RoundResult:
+              lr: float, channel: Channel | None = None, work: dict | None = None, ranks=None,
+              deliver=None) -> RoundResult:
     """Train `cohort` (client ids) from `server` and update it; `store` gets the clients' kept state. What the
     clients send passes through `channel` (default: the plain weighted mean), whose Aggregate is all the
     algorithm's server update sees. `work`: per client, a ClientJob override of its local work
@@ -38,7 +40,8 @@ def run_round(algorithm, executor, server: ServerState, store: ClientStore, coho
     counts). `ranks` (fedsim.engine.distributed.Ranks, under torchrun): this process trains its share of the
     cohort, then every process gathers what the whole cohort sent and keeps, so that all of them reduce the same
     messages, in cohort order, into the same server state. (A sweep's runs train together through their
-    executor: fedsim/sweep.py.)
+    executor: fedsim/sweep.py.) `deliver(messages) -> (counted, late)`: which of them reach the server before
+    the round closes (the simulated clock's deadline and over-selection: fedsim.engine.clock); default all.
 
     Raises DivergenceError naming the round and the client when a loss or a weight becomes NaN/inf.
     """
@@ -49,18 +52,24 @@ def run_round(algorithm, executor, server: ServerState, store: ClientStore, coho
             setattr(job, key, value)
         jobs.append(job)
     results = executor.train(algorithm.phases(), jobs, round, lr)
-    bad = next((res for res in results if not math.isfinite(res.loss) or not is_finite(res.states[-1], res.states[-1])),
-               None)
+    bad = first_diverged(results)
     sent = [] if bad is not None else [algorithm.client_finish(server, store, res) for res in results]
     if ranks is not None:  # the whole cohort's, on every process (the first diverged client of the cohort)
         device = next(iter(server.model.values())).device
         bad, sent = ranks.gather(cohort, bad, sent, store, round, device)
     if bad is not None:
         diverged(round, bad.client, bad.last_finite_loss, lr)
+    sent, late = deliver(sent) if deliver is not None else (sent, [])
     server, aggregate = update_server(algorithm, server, sent, round, channel)
     if not is_finite(server.model, server.model):
         diverged(round, None, float("nan"), lr)
-    return RoundResult(server, sent, aggregate, results)
+    return RoundResult(server, sent, aggregate, results, late)
+
+
+def first_diverged(results: list[ClientResult]) -> ClientResult | None:
+    """The first client whose loss or trained weights are NaN/inf, if any."""
+    return next((res for res in results if not math.isfinite(res.loss) or not is_finite(res.states[-1],
+                                                                                          res.states[-1])), None)
 
 
 def update_server(algorithm, server: ServerState, messages: list[Message], round: int,

@@ -192,13 +192,14 @@ class VmapExecutor:
                 results[i] = res
         # leave torch's global generator as the sequential executor does (it seeds it for each client in turn)
         last = jobs[-1]
-        torch.manual_seed(rng.keyed_torch_seed(self.spec.seed if last.seed is None else last.seed, round, last.client))
+        torch.manual_seed(rng.keyed_torch_seed(self.spec.seed if last.seed is None else last.seed,
+                                               *last.draw_keys(round)))
         return results
 
     def _train_chunk(self, phases, jobs, round, lr) -> list[ClientResult]:
         spec = self.spec
         sizes = [self.data.size(job.data_rows) for job in jobs]
-        gens = [rng.keyed_rng(rng.BATCHES, spec.seed if job.seed is None else job.seed, round, job.client)
+        gens = [rng.keyed_rng(rng.BATCHES, spec.seed if job.seed is None else job.seed, *job.draw_keys(round))
                 for job in jobs]
         ctx, ctx_dims = _stack_ctx(jobs)
         state = _stack([job.start for job in jobs])
@@ -230,7 +231,7 @@ class VmapExecutor:
             results.append(ClientResult(job.client, sizes[i], [{k: v[i].clone() for k, v in s.items()} for s in states],
                                         [st[i] for st in steps], float(own.sum()) / max(len(own), 1),
                                         float(finite[-1]) if len(finite) else float("nan"), numbers["lr"][i],
-                                        round=round))
+                                        round=job.draw_keys(round)[0]))
         return results
 
     def _batches(self, jobs, schedules):

@@ -37,6 +37,7 @@ from fedsim.core.channel import stack_updates, unstack, with_fields
 ADAPTIVE_INITIAL_CLIP = 0.1  # Andrew et al.'s C_0
 ADAPTIVE_CLIP_LR = 0.2  # η_C
 SUMMED_ONLY = "it clips and noises everything a client sends as one vector"
+NEEDS_COHORT = "it hides each client's update in the noised sum of a cohort's"  # central mode
 
 
 def clip_rows(updates, clip: float):

@@ -34,6 +34,7 @@ from fedsim.core.channel import SUMMED
 from fedsim.robust import DEFAULT_TRIM_FRACTION, krum_f
 
 SUMMED_ONLY = "it must filter every value a client sends"
+NEEDS_COHORT = "it tells an outlier by comparing a cohort's updates"
 
 
 def reducer_for(config):
