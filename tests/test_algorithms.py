@@ -93,6 +93,7 @@ class Sim:
     def __init__(self, cls, model, data, num_clients=None, head=False, **config):
         self.config = Config(**config)
         self.model, self.data = model, data
+        cls.extend_model(model, keys_of(model, True).head if cls.needs_head else None)  # as setup does (GPFL's)
         self.algo = cls(self.config, keys_of(model, head or cls.needs_head), num_clients or len(data.offsets) - 1)
         self.algo.attach(model, data)
         self.initial = model_state(model)
