@@ -581,7 +581,8 @@ def test_every_algorithm_runs_two_rounds(name, tmp_path):
 
     clock = {"speed": "constant:100"} if algorithm_class(name).asynchronous else {}  # they run on the clock
     config = fedsim.Config(algo=name, rounds=2, dataset="digits", model="cnn-bn" if name == "fedbn" else "mlp",
-                           out_dir=str(tmp_path), quiet=True, clients=4, local_steps=2, batch_size=32, **clock)
+                           out_dir=str(tmp_path), quiet=True, clients=4, local_steps=2, batch_size=32,
+                           gen_steps=20, **clock)  # FedGen: not its 1000 generator steps a round (seconds)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no BatchNorm")  # fedbn must get a model with BN
         df = fedsim.run(config)
