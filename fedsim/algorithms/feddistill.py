@@ -36,7 +36,6 @@ from fedsim.core.channel import UNIFORM, Message, summed
 from fedsim.core.hooks import Phase, ServerState
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
-from fedsim.errors import FedsimError
 
 TARGETS = ("softmax", "logits", "mse")  # the distillation term of PFLlib's versions: see the module docstring
 
@@ -47,7 +46,7 @@ class FedDistillParams(Params):
                                 "class (PFLlib's lamda: 1; 0 trains each client alone)", low=0, per_client=True)
     distill_target: str = option("softmax", "the distillation term: softmax (cross-entropy to the softmax of the "
                                  "global logits, PFLlib 2024-2025), logits (to the raw logits, PFLlib's latest: it "
-                                 "diverges), mse (PFLlib 2023)")
+                                 "diverges), mse (PFLlib 2023)", choices=TARGETS)
 
 
 class FedDistill(FedAvg):
@@ -58,12 +57,6 @@ class FedDistill(FedAvg):
     # the server's logits of a class are Σ l_i·[holds] / Σ [holds] over the cohort: two uniform means
     sends = {"logits": summed("its per-class mean logits (zero rows for classes it lacks)", weight=UNIFORM),
              "holds": summed("which classes it holds (1 or 0 per class)", weight=UNIFORM)}
-
-    @classmethod
-    def check_config(cls, config):
-        super().check_config(config)
-        if config.distill_target is not None and config.distill_target not in TARGETS:
-            raise FedsimError(f"unknown --distill-target {config.distill_target!r}: choose one of {', '.join(TARGETS)}")
 
     def __init__(self, config, keys, population: int = 1):
         super().__init__(config, keys, population)
