@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from fedsim.algorithms.fedas import features_and_logits
 from fedsim.algorithms.fedper import FedPer
-from fedsim.algorithms.heads import add_beside_head, head_input, head_module
+from fedsim.algorithms.heads import add_beside_head, head_input
 from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
 
@@ -98,10 +98,6 @@ class FedCP(FedPer):
         self.global_head = [k for k in keys.params if k.startswith(prefix + "global_head.")]
         self.context = prefix + "context"
         super().__init__(config, keys, population)
-
-    def attach(self, model, data):
-        head_module(model, self.keys.head, self.name, linear=True)
-        super().attach(model, data)
 
     def personal_keys(self):
         return super().personal_keys() | {self.context}

@@ -7,7 +7,7 @@ Differs from FedAvg by a generator G the server learns and sends with the model.
 (`--gen-lr`), each on --batch-size labels drawn from the clients' label distribution: the cross-entropy of the
 averaged head's logits h(G(y, ε)) against y. Each client then trains on cross-entropy + λ·CE(h(G(y, ε)), y)
 (`--gen-lam`), a fresh generated batch of --batch-size at every step, so its head learns the feature distribution
-the heads agree on (the paper's Eq. 5; G receives no gradient there). λ = 0 is FedAvg exactly. G is PFLlib's:
+the heads agree on (the paper's local objective; G receives no gradient there). λ = 0 is FedAvg exactly. G is PFLlib's:
 [ε, one_hot(y)] -> Linear(`--gen-noise-dim` + classes, `--gen-hidden`) -> BatchNorm -> ReLU -> Linear(-> the head's
 input size), PyTorch's default initialization, ε uniform on [0, 1) (PFLlib's; its comment says Gaussian),
 BatchNorm on the batch's statistics (PFLlib's G never leaves train mode), Adam with betas (0.9, 0.999), eps 1e-8.
