@@ -113,6 +113,7 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     head = None
     if algo_cls.needs_head or config.head or config.freeze_base:
         head = split_state_keys(model, find_head(model, config.head))[1]
+    algo_cls.extend_model(model, head)  # the algorithm's own modules (FedCP's policy network) join the model's state
     keys = ModelKeys(params=[k for k, _ in model.named_parameters()],
                      buffers=[k for k, _ in model.named_buffers()], bn=list(bn_state_keys(model)), head=head)
     algorithm = algo_cls(config, keys, eligible)

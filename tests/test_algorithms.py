@@ -93,6 +93,7 @@ class Sim:
     def __init__(self, cls, model, data, num_clients=None, head=False, **config):
         self.config = Config(**config)
         self.model, self.data = model, data
+        cls.extend_model(model, keys_of(model, True).head if cls.needs_head else None)  # as setup does (GPFL's)
         self.algo = cls(self.config, keys_of(model, head or cls.needs_head), num_clients or len(data.offsets) - 1)
         self.algo.attach(model, data)
         self.initial = model_state(model)
@@ -580,7 +581,8 @@ def test_every_algorithm_runs_two_rounds(name, tmp_path):
 
     clock = {"speed": "constant:100"} if algorithm_class(name).asynchronous else {}  # they run on the clock
     config = fedsim.Config(algo=name, rounds=2, dataset="digits", model="cnn-bn" if name == "fedbn" else "mlp",
-                           out_dir=str(tmp_path), quiet=True, clients=4, local_steps=2, batch_size=32, **clock)
+                           out_dir=str(tmp_path), quiet=True, clients=4, local_steps=2, batch_size=32,
+                           gen_steps=20, **clock)  # FedGen: not its 1000 generator steps a round (seconds)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no BatchNorm")  # fedbn must get a model with BN
         df = fedsim.run(config)

@@ -58,7 +58,7 @@ def test_the_server_update_depends_on_the_clients_only_through_the_aggregate(nam
     servers = []
     for channel in (Channel(), ReadAfterReduce()):
         torch.manual_seed(0)
-        sim = Sim(algorithm_class(name), Net(), tiny_data(sizes=(6, 9, 7)), lr=0.1, batch_size=3)
+        sim = Sim(algorithm_class(name), Net(), tiny_data(sizes=(6, 9, 7)), lr=0.1, batch_size=3, gen_steps=20)
         spec = LocalSpec(OptimizerSpec("sgd", 0.1), 3, 1, None, seed=0)
         result = run_round(sim.algo, SequentialExecutor(sim.model, sim.data, spec), sim.server, sim.store,
                            [0, 1, 2], 1, 0.1, channel)

@@ -44,6 +44,10 @@ ALGORITHMS = {
     "feddbe": "fedsim.algorithms.feddbe:FedDBE",
     "fedbuff": "fedsim.algorithms.fedbuff:FedBuff",
     "fedasync": "fedsim.algorithms.fedasync:FedAsync",
+    "fedgen": "fedsim.algorithms.fedgen:FedGen",
+    "feddistill": "fedsim.algorithms.feddistill:FedDistill",
+    "fedcp": "fedsim.algorithms.fedcp:FedCP",
+    "gpfl": "fedsim.algorithms.gpfl:GPFL",
 }
 
 

@@ -3,6 +3,8 @@
 The engine owns the round loop (`fedsim.engine.round.run_round`) and the local training loop. The hooks:
 
     Params            the algorithm's options, declared once (fedsim.core.params)
+    extend_model()    modules the algorithm adds to the model (FedCP's policy network, GPFL's valves): their
+                      tensors are then state like the model's own, trained, sent or kept, and in its forward
     personal_keys()   which state stays with each client (FedBN: BN layers; FedPer/FedRep: the head)
     phases()          the stretches of local training and their loss/gradient changes (FedProx, SCAFFOLD,
                       FedRep's head-then-base, Ditto's personal model)
@@ -41,6 +43,7 @@ class FedAvg:
     needs_head = False  # personalized algorithms set this: the engine then finds the model's head
     personalized = False  # keeps a personal model part per client (and honours --freeze-base)
     vmap_ok = True  # False: the algorithm needs per-client Python work the vmap executor cannot batch
+    no_vmap: str | None = None  # where vmap_ok is False, why (the run record's executor reason says it)
     # what a client sends: the channel's stages and reducer accept or refuse the algorithm by these declarations
     sends: dict[str, Field] = {MODEL: summed("the trained model's shared part (parameters and BN statistics)",
                                              centered=True)}
@@ -65,6 +68,14 @@ class FedAvg:
             raise FedsimError(f"{cls.name} {cls.no_freeze_base}: drop --freeze-base")
         if config.bn == "local" and cls.no_bn_local:
             raise FedsimError(f"{cls.name} {cls.no_bn_local}; drop --bn local")
+
+    @classmethod
+    def extend_model(cls, model, head: list[str] | None) -> None:
+        """Add the algorithm's own modules to `model`, in place, before its state keys are read (`head`: the head's
+        keys, None where no split was asked for). Their parameters and buffers are then state like the model's
+        own: trained by the executors, averaged or kept per client, checkpointed, and used by the model's forward
+        (a hook on the head), evaluation included. Called again on the same model it changes nothing. FedAvg
+        adds none."""
 
     def __init__(self, config, keys: ModelKeys, population: int = 1):
         self.check_config(config)

@@ -18,6 +18,7 @@ DP_NOISE, DP_LOCAL_NOISE, DP_COUNT = 8, 9, 10  # fedsim.privacy: the server's no
 EVAL_SAMPLE, EVAL_CLIENTS = 11, 12  # --eval-sample's test rows, --eval-clients' clients: (seed) only, fixed for a run
 SPEED, BANDWIDTH, AVAILABILITY = 13, 14, 15  # the simulated clock (fedsim.engine.profiles): client speeds and
 #                                              bandwidths (seed), availability (seed: diurnal phases; round: Bernoulli)
+GENERATOR = 16  # FedGen: the server's draws of labels and noise training its generator (round)
 
 
 def keyed_rng(purpose: int, seed: int, *keys: int) -> np.random.Generator:

@@ -66,8 +66,8 @@ from fedsim.errors import FedsimError
 def vmap_unsupported_reason(model: nn.Module, algorithm=None) -> str | None:
     """Why the vmap executor cannot give the sequential executor's numbers here; None when it can."""
     if algorithm is not None and not getattr(algorithm, "vmap_ok", True):
-        return f"the algorithm {getattr(algorithm, 'name', type(algorithm).__name__)} needs per-client work " \
-               "that vmap cannot batch (vmap_ok = False)"
+        why = getattr(algorithm, "no_vmap", None) or "needs per-client work that vmap cannot batch"
+        return f"the algorithm {getattr(algorithm, 'name', type(algorithm).__name__)} {why} (vmap_ok = False)"
     for name, m in model.named_modules():
         if isinstance(m, nn.RNNBase | nn.RNNCellBase):
             return f"the model has a recurrent layer ({name}: {type(m).__name__}): torch.func.vmap has no batching " \

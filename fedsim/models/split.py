@@ -9,7 +9,9 @@ For torchvision that gives ResNet/RegNet/ShuffleNet/GoogLeNet/Inception ``fc``, 
 ``classifier.3``, MobileNetV2/EfficientNet/MNASNet ``classifier.1``, VGG/AlexNet ``classifier.6``,
 ConvNeXt ``classifier.2``, DenseNet ``classifier``, MaxViT ``classifier.5``, Swin ``head``, ViT
 ``heads.head``; for the built-ins ``fc``. A module subclassing ``nn.Linear`` counts (attention's
-``out_proj`` does too, which is why the rule is the *last* one: torchvision registers classifiers last).
+``out_proj`` does too, which is why the rule is the *last* one: torchvision registers classifiers last). What
+sits inside a Linear is never the head: modules an algorithm adds beside the head (FedCP's policy network,
+GPFL's valves) are the head's children, and a Linear head's keys are its own weight and bias.
 
 A ``head`` override names module(s) (a comma-separated string or a list), e.g. ``"classifier"`` for the
 whole MobileNet classifier block or ``"fc1,fc"`` for the last two built-in layers. A model without a
@@ -33,8 +35,18 @@ def state_keys(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
 
 
-def _owned_by(key: str, module_name: str) -> bool:
+def _owned_by(model: nn.Module, key: str, module_name: str) -> bool:
+    """Whether `key` is a tensor of module `module_name`; of a Linear, its own weight and bias only: what sits
+    inside a Linear was added beside the head by an algorithm (FedCP's policy network, GPFL's valves) and is not
+    the head."""
+    if isinstance(model.get_submodule(module_name), nn.Linear):
+        return key.rpartition(".")[0] == module_name
     return key.startswith(module_name + ".")
+
+
+def _inside_linear(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), nn.Linear) for i in range(1, len(parts)))
 
 
 def head_candidates(model: nn.Module, last: int = 3) -> list[str]:
@@ -85,7 +97,7 @@ def _check_names(model: nn.Module, names: list[str]) -> None:
 
 
 def _default_head(model: nn.Module) -> list[str]:
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _inside_linear(model, n)]
     if not linears:
         raise FedsimError(
             f"cannot find the classifier head of {type(model).__name__}: it has no nn.Linear layer (the "
@@ -112,7 +124,7 @@ def split_state_keys(model: nn.Module, head_modules: str | list[str]) -> tuple[l
     base: list[str] = []
     head: list[str] = []
     for key in state_keys(model):
-        (head if any(_owned_by(key, n) for n in names) else base).append(key)
+        (head if any(_owned_by(model, key, n) for n in names) else base).append(key)
     params = {n for n, _ in model.named_parameters()}
     cls = type(model).__name__
     shown = ", ".join(names)
