@@ -35,3 +35,13 @@ def test_every_paper_row_has_a_published_value_and_gpu_rows_give_a_command():
         assert reproduce.command_of(row, 3).startswith("fedsim train --dataset ")
     levels = {r.ordering for r in reproduce.ROWS if r.group == "fedprox"}
     assert levels == {"0%", "50%", "90%"}
+
+
+def test_every_row_is_a_valid_run_and_pfllib_s_column_has_all_twenty_methods():
+    import fedsim
+
+    reproduce = load_script()
+    for row in reproduce.ROWS:
+        fedsim.Config(**row.config).validate()  # an unknown algorithm or option would fail only when run
+    pfllib = [r for r in reproduce.ROWS if r.group == "pfllib"]
+    assert len(pfllib) == 20 and all(r.best and r.metric == "personal_accuracy_pooled" for r in pfllib)
