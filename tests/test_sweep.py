@@ -256,7 +256,11 @@ def test_ctrl_c_to_the_process_group_stops_a_sweep_with_every_running_run_checkp
             not any(r["status"] == "running" and r["round"] >= when for r in runs()):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     assert proc.returncode == 130, err
     assert "run the same command again" in err and "Traceback" not in err
     assert runs() and all(run["status"] == "stopped" for run in runs()), runs()
