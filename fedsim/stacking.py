@@ -25,21 +25,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 TOGETHER, APART = "together", "one after another"
+SPLIT = "split"  # a probe: the first run's cohort alone, then the others' together, both timed
 MODES = ("auto", "always", "never")  # --stack: auto times both ways; always: together; never: one run after another
 
 
 class StackChooser:
-    """Whether the next round of a stack trains together or one run after another (`next_way`, then `done`).
+    """Whether the next call of a stack trains together or one run after another: `next_way(runs)`, then
+    `done({way: (seconds, client steps)}, round)`.
 
     `fixed`: always that way (--stack always). Otherwise the first `warmup` calls (one-off costs) train together,
-    then `probe_calls` calls each way alternate and the faster per client step stays (rounds differ in how many
-    local steps their clients take). Then the other way is tried again for one call after `recheck_every` calls,
-    compared with the calls of the chosen way just before and after it, and taken over only when more than
-    `margin` faster; the interval doubles (up to `max_recheck`) each time the choice stays, and is the longest
-    when the other way was more than twice as slow (load on a shared machine does not turn that around).
+    then a probe times both ways, per client step (rounds differ in how many local steps their clients take), and
+    the faster stays. A probe call of three runs or more is split: the first run's cohort alone, then the others'
+    together, so that both ways are timed in the same round, under the same load (and a probe round costs about
+    two runs' rounds, not k, on a GPU where together wins by far); the first probe is `probe_calls` such calls.
+    With two runs, probe calls alternate the two ways (two each). The choice is checked again after
+    `recheck_every` calls, by one split call (two runs: the other way once, beside the chosen way's calls just
+    before and after it); the other way takes over only when more than `margin` faster. The interval doubles (up
+    to `max_recheck`) each time the choice stays, and is the longest at once when one way was more than twice as
+    slow (the load of a shared machine does not turn that around).
     """
 
-    def __init__(self, fixed: str | None = None, warmup: int = 1, probe_calls: int = 2, recheck_every: int = 8,
+    def __init__(self, fixed: str | None = None, warmup: int = 1, probe_calls: int = 3, recheck_every: int = 8,
                  max_recheck: int = 128, margin: float = 0.1):
         self.fixed = fixed
         self.current = fixed or TOGETHER
@@ -48,37 +54,43 @@ class StackChooser:
         self.interval = recheck_every
         self.next_probe = warmup
         self.calls = 0
-        self.queue: list[str] = []  # the ways of the running probe's remaining calls
+        self.left = 0  # calls left in the running probe
+        self.alternation: list[str] = []  # a probe's ways, call by call, where a call cannot be split (two runs)
         self.seconds: dict[str, list[float]] = {}  # seconds per client step, each way, in the running probe
         self.last: float | None = None  # seconds per client step of the last call the chosen way, outside probes
         self.probes: list[dict] = []  # each probe: its last round, seconds per client step each way, the choice
 
-    def next_way(self) -> str:
+    def next_way(self, runs: int) -> str:
+        """The way to train the next call, of `runs` runs (TOGETHER, APART, or SPLIT in a probe)."""
         if self.fixed is not None:
             return self.fixed
-        if not self.queue and self.calls >= self.next_probe:
+        if not self.left and self.calls >= self.next_probe:
+            first = not self.probes
             self.seconds = {TOGETHER: [], APART: []}
-            if not self.probes:
-                self.queue = [TOGETHER, APART] * self.probe_calls
-            else:  # the other way once, between two calls the chosen way
-                self.queue = [self._other(), self.current]
-                if self.last is not None:
-                    self.seconds[self.current].append(self.last)
-        return self.queue[0] if self.queue else self.current
+            self.alternation = [TOGETHER, APART] * 2 if first else [self._other(), self.current]
+            self.left = (self.probe_calls if first else 1) if runs >= 3 else len(self.alternation)
+            if runs < 3 and not first and self.last is not None:  # the chosen way's call before the check
+                self.seconds[self.current].append(self.last)
+        if not self.left:
+            return self.current
+        if runs >= 3:
+            return SPLIT
+        return self.alternation[-self.left % len(self.alternation)]
 
-    def done(self, way: str, seconds: float, client_steps: int, round: int) -> None:
-        """A call trained `way` took `seconds` for `client_steps` local steps (summed over its clients)."""
-        if self.fixed is not None or client_steps <= 0:
+    def done(self, timings: dict[str, tuple[float, int]], round: int) -> None:
+        """A call of round `round` took `timings[way] = (seconds, client steps)` each way it trained."""
+        per_step = {way: s / n for way, (s, n) in timings.items() if n > 0}
+        if self.fixed is not None or not per_step:
             return
         self.calls += 1
-        per_step = seconds / client_steps
-        if not self.queue or self.queue[0] != way:
-            if way == self.current:
-                self.last = per_step
+        if not self.left:
+            if self.current in per_step:
+                self.last = per_step[self.current]
             return
-        self.queue.pop(0)
-        self.seconds[way].append(per_step)
-        if not self.queue:
+        self.left -= 1
+        for way, s in per_step.items():
+            self.seconds[way].append(s)
+        if not self.left:
             self._decide(round)
 
     def _other(self) -> str:
@@ -86,21 +98,22 @@ class StackChooser:
 
     def _decide(self, round: int) -> None:
         mean = {way: sum(t) / len(t) for way, t in self.seconds.items() if t}
-        other = self._other()
-        faster = min(mean, key=mean.__getitem__)
         first = not self.probes
-        if first or (faster == other and mean[other] < (1 - self.margin) * mean[self.current]):
-            changed = faster != self.current
-            self.current = faster
+        changed = False
+        if len(mean) == 2:
+            other = self._other()
+            faster = min(mean, key=mean.__getitem__)
+            if first or (faster == other and mean[other] < (1 - self.margin) * mean[self.current]):
+                changed, self.current = faster != self.current, faster
+            self.probes.append({"round": round, "seconds_per_client_step": {w: round_sig(s) for w, s in
+                                                                            mean.items()}, "chosen": self.current})
+        decisive = len(mean) == 2 and max(mean.values()) > 2 * min(mean.values())
+        if decisive:
+            self.interval = self.max_recheck
+        elif changed or first:
+            self.interval = self.first_recheck
         else:
-            changed = False
-        self.probes.append({"round": round, "seconds_per_client_step": {w: round_sig(s) for w, s in mean.items()},
-                            "chosen": self.current})
-        slower = max(mean.values()) / max(min(mean.values()), 1e-12)
-        if changed or first:
-            self.interval = self.max_recheck if slower > 2 else self.first_recheck
-        else:
-            self.interval = self.max_recheck if slower > 2 else min(2 * self.interval, self.max_recheck)
+            self.interval = min(2 * self.interval, self.max_recheck)
         self.next_probe = self.calls + self.interval
         self.last = None
 
@@ -202,9 +215,22 @@ class Stack:
         self.turn.notify_all()
 
     def _train(self, batches: dict[int, tuple]) -> None:
-        """One round of the runs in `batches` (run -> (phases, jobs, round, lr)), together or one run after another;
-        each job carries its run's learning rate."""
-        way = self.chooser.next_way() if len(batches) > 1 else APART
+        """One round of the runs in `batches` (run -> (phases, jobs, round, lr)): together, one run after another, or
+        split (a probe); each job carries its run's learning rate."""
+        round = next(iter(batches.values()))[2]
+        way = self.chooser.next_way(len(batches)) if len(batches) > 1 else APART
+        if way == SPLIT:
+            first = dict([next(iter(batches.items()))])
+            timings = {APART: self._call(APART, first),
+                       TOGETHER: self._call(TOGETHER, {i: args for i, args in batches.items() if i not in first})}
+        else:
+            timings = {way: self._call(way, batches)}
+        if len(batches) > 1:
+            self.chooser.done(timings, round)
+
+    def _call(self, way: str, batches: dict[int, tuple]) -> tuple[float, int]:
+        """Train `batches` in one executor call (TOGETHER) or one per run (APART), each way on its own thread choice;
+        the results go to `self.results`. Returns (seconds, client steps)."""
         self.executor.threads = self.threads[way]
         start = self.clock()
         if way == TOGETHER:
@@ -214,12 +240,11 @@ class Stack:
             results = {index: [next(trained) for _ in args[1]] for index, args in batches.items()}
         else:
             results = {index: self.executor.train(*args) for index, args in batches.items()}
-        if len(batches) > 1:
-            steps = sum(sum(r.steps) for rs in results.values() for r in rs)
-            self.chooser.done(way, self.clock() - start, steps, next(iter(batches.values()))[2])
+        seconds = self.clock() - start
         self.results.update(results)
         self.threads_now = self.threads[way].current
         self.ways.add(way)
+        return seconds, sum(sum(r.steps) for rs in results.values() for r in rs)
 
     def _threads_as_trained(self) -> None:
         """torch's thread count is each thread's own: a run evaluates on the count its round trained on, as alone."""

@@ -181,7 +181,7 @@ def test_stacking_is_chosen_by_timing_recorded_and_never_changes_the_numbers(tmp
     """--stack never (one whole run after another), always (one executor call a round for all) and auto (each
     round either way, as timing chose) give the same CSVs, and the sweep file says how each stack trained."""
     grid = {"seed": [0, 1], "lr": [0.05, 0.1]}
-    fixed = {**SMALL, "rounds": 5}
+    fixed = {**SMALL, "rounds": 4}
     csvs = {}
     for way in ("never", "always", "auto"):
         out = tmp_path / way
@@ -195,37 +195,42 @@ def test_stacking_is_chosen_by_timing_recorded_and_never_changes_the_numbers(tmp
         assert ("trained together" in reason) == (way != "never")
     for name, never in csvs["never"].items():
         assert csvs["always"][name].equals(never) and csvs["auto"][name].equals(never), name
-    (probe,) = stack["probes"]  # auto: one warm-up round, then two rounds each way, alternating
-    assert probe["round"] == 5 and stack["trains"] == probe["chosen"]
+    (probe,) = stack["probes"]  # auto: one warm-up round, then three rounds each split: one run alone, three together
+    assert probe["round"] == 4 and stack["trains"] == probe["chosen"]
     timings = probe["seconds_per_client_step"]
     assert set(timings) == {"together", "one after another"} and all(t > 0 for t in timings.values())
     assert probe["chosen"] == min(timings, key=timings.get)
 
 
 def test_the_stack_chooser_keeps_the_faster_way_and_checks_again_now_and_then():
-    from fedsim.stacking import APART, TOGETHER, StackChooser
+    from fedsim.stacking import APART, SPLIT, TOGETHER, StackChooser
 
-    def run(chooser, cost, calls):
+    def run(chooser, cost, calls, runs=4):
         ways = []
-        for call in range(calls):
-            way = chooser.next_way()
-            chooser.done(way, cost[way] * 100, 100, call + 1)
+        for _ in range(calls):
+            way = chooser.next_way(runs)
+            chooser.done({w: (cost[w] * 100, 100) for w in ((TOGETHER, APART) if way == SPLIT else (way,))}, 1)
             ways.append(way)
         return ways
 
-    chooser = StackChooser(warmup=1, probe_calls=2, recheck_every=4, max_recheck=64)
-    ways = run(chooser, {TOGETHER: 1.0, APART: 0.5}, 12)  # one after another is faster: chosen after the probe
-    assert ways[:5] == [TOGETHER, TOGETHER, APART, TOGETHER, APART] and set(ways[5:9]) == {APART}
-    assert ways[9:11] == [TOGETHER, APART]  # checked again after 4 calls: the other way once, between two
+    chooser = StackChooser(warmup=1, probe_calls=3, recheck_every=4, max_recheck=64)
+    ways = run(chooser, {TOGETHER: 1.0, APART: 0.7}, 10)  # one after another is faster: chosen after the probe
+    assert ways == [TOGETHER, SPLIT, SPLIT, SPLIT] + [APART] * 4 + [SPLIT, APART]  # checked again after 4 calls
     assert [p["chosen"] for p in chooser.probes] == [APART, APART]
-    ways = run(chooser, {TOGETHER: 0.5, APART: 1.0}, 10)  # the load changed: together takes over at its next check
+    assert chooser.probes[0]["seconds_per_client_step"] == {TOGETHER: 1.0, APART: 0.7}
+    run(chooser, {TOGETHER: 0.6, APART: 1.0}, 9)  # the load changed: together takes over at the next check
     assert chooser.current == TOGETHER and chooser.probes[-1]["chosen"] == TOGETHER
-    slight = StackChooser(warmup=0, probe_calls=1, recheck_every=2)
-    run(slight, {TOGETHER: 1.0, APART: 1.05}, 2)
-    run(slight, {TOGETHER: 1.0, APART: 0.95}, 6)  # 5% faster is within the margin: the choice stays
-    assert slight.current == TOGETHER and len(slight.probes) >= 2
-    assert StackChooser(TOGETHER).next_way() == TOGETHER and run(StackChooser(TOGETHER), {TOGETHER: 9, APART: 1}, 9) \
-        == [TOGETHER] * 9
+
+    pair = StackChooser(warmup=1, recheck_every=2)  # two runs: probe calls alternate the ways
+    ways = run(pair, {TOGETHER: 0.5, APART: 1.0}, 9, runs=2)
+    assert ways == [TOGETHER, TOGETHER, APART, TOGETHER, APART, TOGETHER, TOGETHER, APART, TOGETHER]
+    slight = StackChooser(warmup=0, probe_calls=1, recheck_every=1)  # 5% faster is within the margin: it stays
+    run(slight, {TOGETHER: 1.0, APART: 1.05}, 1)
+    run(slight, {TOGETHER: 1.0, APART: 0.95}, 6)
+    assert slight.current == TOGETHER and len(slight.probes) >= 3
+    decisive = StackChooser(warmup=0, probe_calls=1, recheck_every=2, max_recheck=50)  # 3x slower: checked rarely
+    assert run(decisive, {TOGETHER: 1.0, APART: 3.0}, 40) == [SPLIT] + [TOGETHER] * 39
+    assert run(StackChooser(TOGETHER), {TOGETHER: 9, APART: 1}, 5) == [TOGETHER] * 5
 
 
 @pytest.mark.parametrize("when", [0, 2])
