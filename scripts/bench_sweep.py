@@ -72,9 +72,10 @@ def stack_case(seeds: list[int], base: list[str], out: Path) -> list[str]:
             chose = "-"
             if way == "auto":
                 stacks = json.loads((out / name / f"{name}.sweep.json").read_text())["stacks"]
-                chose = ", ".join(f"{s['trains']} (probes: " + "; ".join(
-                    " vs ".join(f"{w} {1e6 * t:.0f} us" for w, t in p["seconds_per_client_step"].items())
-                    for p in s.get("probes", [])) + ")" for s in stacks)
+                chose = ", ".join(s["trains"] + "".join(
+                    f"; round {p['round']}: " + " vs ".join(f"{w} {1e6 * t:.0f} us" for w, t in
+                                                           p["seconds_per_client_step"].items())
+                    for p in s.get("probes", [])) for s in stacks)
             lines.append(f"| {k} | {way} | {per_round:.3f} s | {per_round / k:.3f} s | {per_round / k / one:.2f}x | "
                          f"{walls[way]:.1f} s | {walls[way] / walls['never']:.2f}x | {chose} |")
     return lines
