@@ -33,8 +33,8 @@ class StackChooser:
     """Whether the next call of a stack trains together or one run after another: `next_way(runs)`, then
     `done({way: (seconds, client steps)}, round)`.
 
-    `fixed`: always that way (--stack always). Otherwise the first `warmup` calls (one-off costs) train together,
-    then a probe times both ways, per client step (rounds differ in how many local steps their clients take), and
+    `fixed`: always that way (--stack always). Otherwise the first `warmup` calls are split, untimed (each way's
+    one-off costs, its thread choice's first probe among them: `Stack.threads`), then a probe times both ways, per client step (rounds differ in how many local steps their clients take), and
     the faster stays. A probe call of three runs or more is split: the first run's cohort alone, then the others'
     together, so that both ways are timed in the same round, under the same load (and a probe round costs about
     two runs' rounds, not k, on a GPU where together wins by far); the first probe is `probe_calls` such calls.
@@ -71,6 +71,8 @@ class StackChooser:
             self.left = (self.probe_calls if first else 1) if runs >= 3 else len(self.alternation)
             if runs < 3 and not first and self.last is not None:  # the chosen way's call before the check
                 self.seconds[self.current].append(self.last)
+        if self.calls < self.next_probe and not self.probes:  # warming up: each way's one-off costs, untimed
+            return SPLIT
         if not self.left:
             return self.current
         if runs >= 3:

@@ -195,7 +195,7 @@ def test_stacking_is_chosen_by_timing_recorded_and_never_changes_the_numbers(tmp
         assert ("trained together" in reason) == (way != "never")
     for name, never in csvs["never"].items():
         assert csvs["always"][name].equals(never) and csvs["auto"][name].equals(never), name
-    (probe,) = stack["probes"]  # auto: one warm-up round, then three rounds each split: one run alone, three together
+    (probe,) = stack["probes"]  # auto: a warm-up round, then three timed, each split: one run alone, three together
     assert probe["round"] == 4 and stack["trains"] == probe["chosen"]
     timings = probe["seconds_per_client_step"]
     assert set(timings) == {"together", "one after another"} and all(t > 0 for t in timings.values())
@@ -215,7 +215,7 @@ def test_the_stack_chooser_keeps_the_faster_way_and_checks_again_now_and_then():
 
     chooser = StackChooser(warmup=1, probe_calls=3, recheck_every=4, max_recheck=64)
     ways = run(chooser, {TOGETHER: 1.0, APART: 0.7}, 10)  # one after another is faster: chosen after the probe
-    assert ways == [TOGETHER, SPLIT, SPLIT, SPLIT] + [APART] * 4 + [SPLIT, APART]  # checked again after 4 calls
+    assert ways == [SPLIT] * 4 + [APART] * 4 + [SPLIT, APART]  # a split warm-up; checked again after 4 calls
     assert [p["chosen"] for p in chooser.probes] == [APART, APART]
     assert chooser.probes[0]["seconds_per_client_step"] == {TOGETHER: 1.0, APART: 0.7}
     run(chooser, {TOGETHER: 0.6, APART: 1.0}, 9)  # the load changed: together takes over at the next check
@@ -223,7 +223,7 @@ def test_the_stack_chooser_keeps_the_faster_way_and_checks_again_now_and_then():
 
     pair = StackChooser(warmup=1, recheck_every=2)  # two runs: probe calls alternate the ways
     ways = run(pair, {TOGETHER: 0.5, APART: 1.0}, 9, runs=2)
-    assert ways == [TOGETHER, TOGETHER, APART, TOGETHER, APART, TOGETHER, TOGETHER, APART, TOGETHER]
+    assert ways == [SPLIT, TOGETHER, APART, TOGETHER, APART, TOGETHER, TOGETHER, APART, TOGETHER]
     slight = StackChooser(warmup=0, probe_calls=1, recheck_every=1)  # 5% faster is within the margin: it stays
     run(slight, {TOGETHER: 1.0, APART: 1.05}, 1)
     run(slight, {TOGETHER: 1.0, APART: 0.95}, 6)
