@@ -33,9 +33,10 @@ class StackChooser:
     """Whether the next call of a stack trains together or one run after another: `next_way(runs)`, then
     `done({way: (seconds, client steps)}, round)`.
 
-    `fixed`: always that way (--stack always). Otherwise the first `warmup` calls are split, untimed (each way's
-    one-off costs, its thread choice's first probe among them: `Stack.threads`), then a probe times both ways, per client step (rounds differ in how many local steps their clients take), and
-    the faster stays. A probe call of three runs or more is split: the first run's cohort alone, then the others'
+    `fixed`: always that way (--stack always). Otherwise the first `warmup` calls are split (below), untimed: each
+    way's one-off costs, its thread choice's first probe among them (`Stack.threads`). Then a probe times both
+    ways, per client step (rounds differ in how many local steps their clients take), and the faster stays. A
+    probe call of three runs or more is split: the first run's cohort alone, then the others'
     together, so that both ways are timed in the same round, under the same load (and a probe round costs about
     two runs' rounds, not k, on a GPU where together wins by far); the first probe is `probe_calls` such calls.
     With two runs, probe calls alternate the two ways (two each). The choice is checked again after

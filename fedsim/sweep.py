@@ -6,11 +6,12 @@ the files `fedsim train` would (`<name>.csv`, `.json`, `.ckpt`), with the option
 sweep writes `<sweep>.sweep.json` (the grid, each run's name, options and status).
 
 Runs that differ only in what does not change a local step's shape (the seeds, the partition, the clients per
-round, the rounds, the learning rate, momentum and weight decay, FedProx's mu) form a *stack*: their cohorts train
-in one executor call per round (one vmapped step over all their clients), each run otherwise going through
-`fedsim.run` as it would alone, in a thread of its own that runs only while the others wait. So each run's CSV is
-the CSV of the same run started alone. Runs that cannot stack run one after another; the data are loaded once and
-torch is imported once.
+round, the rounds, the learning rate, momentum and weight decay, FedProx's mu) form a *stack*: they train through
+one executor, each round in one call for all their cohorts (one vmapped step over all their clients) or one call
+per run, whichever timing shows is faster (fedsim/stacking.py; `stack="auto"`, or "always" together, or "never":
+each run whole, one after another). Each run otherwise goes through `fedsim.run` as it would alone, in a thread of
+its own that runs only while the others wait, so each run's CSV is the CSV of the same run started alone. Runs
+that cannot stack run one after another; the data are loaded once and torch is imported once.
 """
 
 from __future__ import annotations
