@@ -41,14 +41,16 @@ class StackChooser:
     two runs' rounds, not k, on a GPU where together wins by far); the first probe is `probe_calls` such calls.
     With two runs, probe calls alternate the two ways (two each). The choice is checked again after
     `recheck_every` calls, by one split call (two runs: the other way once, beside the chosen way's calls just
-    before and after it); the other way takes over only when more than `margin` faster. The interval doubles (up
+    before and after it); the other way takes over only when more than `margin` faster. A probe ends early once
+    one way is more than `clear` times slower (on a GPU, one call per run is). The interval doubles (up
     to `max_recheck`) each time the choice stays, and is the longest at once when one way was more than twice as
     slow (the load of a shared machine does not turn that around).
     """
 
     def __init__(self, fixed: str | None = None, warmup: int = 1, probe_calls: int = 3, recheck_every: int = 8,
-                 max_recheck: int = 128, margin: float = 0.1):
+                 max_recheck: int = 128, margin: float = 0.1, clear: float = 1.5):
         self.fixed = fixed
+        self.clear = clear  # a probe ends early once one way is this many times slower
         self.current = fixed or TOGETHER
         self.probe_calls, self.margin = probe_calls, margin
         self.first_recheck, self.max_recheck = recheck_every, max_recheck
@@ -93,8 +95,15 @@ class StackChooser:
         self.left -= 1
         for way, s in per_step.items():
             self.seconds[way].append(s)
+        if self.left and all(self.seconds.values()) and self._ratio() > self.clear:
+            self.left = 0  # already clear: no need to pay for the slower way again
         if not self.left:
             self._decide(round)
+
+    def _ratio(self) -> float:
+        """The slower way's mean time per client step over the faster's, in the running probe."""
+        mean = [sum(t) / len(t) for t in self.seconds.values()]
+        return max(mean) / max(min(mean), 1e-12)
 
     def _other(self) -> str:
         return APART if self.current == TOGETHER else TOGETHER
@@ -110,8 +119,7 @@ class StackChooser:
                 changed, self.current = faster != self.current, faster
             self.probes.append({"round": round, "seconds_per_client_step": {w: round_sig(s) for w, s in
                                                                             mean.items()}, "chosen": self.current})
-        decisive = len(mean) == 2 and max(mean.values()) > 2 * min(mean.values())
-        if decisive:
+        if len(mean) == 2 and self._ratio() > 2:
             self.interval = self.max_recheck
         elif changed or first:
             self.interval = self.first_recheck

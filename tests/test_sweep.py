@@ -222,8 +222,11 @@ def test_the_stack_chooser_keeps_the_faster_way_and_checks_again_now_and_then():
     assert chooser.current == TOGETHER and chooser.probes[-1]["chosen"] == TOGETHER
 
     pair = StackChooser(warmup=1, recheck_every=2)  # two runs: probe calls alternate the ways
-    ways = run(pair, {TOGETHER: 0.5, APART: 1.0}, 9, runs=2)
+    ways = run(pair, {TOGETHER: 0.8, APART: 1.0}, 9, runs=2)
     assert ways == [SPLIT, TOGETHER, APART, TOGETHER, APART, TOGETHER, TOGETHER, APART, TOGETHER]
+    clear = StackChooser(warmup=1, recheck_every=2)  # 2x slower: each probe ends at its first call of either way
+    ways = run(clear, {TOGETHER: 0.5, APART: 1.0}, 9, runs=2)
+    assert ways == [SPLIT, TOGETHER, APART, TOGETHER, TOGETHER, APART, TOGETHER, TOGETHER, TOGETHER]
     slight = StackChooser(warmup=0, probe_calls=1, recheck_every=1)  # 5% faster is within the margin: it stays
     run(slight, {TOGETHER: 1.0, APART: 1.05}, 1)
     run(slight, {TOGETHER: 1.0, APART: 0.95}, 6)
