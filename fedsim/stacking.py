@@ -42,7 +42,8 @@ class StackChooser:
     With two runs, probe calls alternate the two ways (two each). The choice is checked again after
     `recheck_every` calls, by one split call (two runs: the other way once, beside the chosen way's calls just
     before and after it); the other way takes over only when more than `margin` faster. A probe ends early once
-    one way is more than `clear` times slower (on a GPU, one call per run is). The interval doubles (up
+    one way is more than `clear` times slower over two calls each (on a GPU, one call per run is). The interval
+    doubles (up
     to `max_recheck`) each time the choice stays, and is the longest at once when one way was more than twice as
     slow (the load of a shared machine does not turn that around).
     """
@@ -95,7 +96,7 @@ class StackChooser:
         self.left -= 1
         for way, s in per_step.items():
             self.seconds[way].append(s)
-        if self.left and all(self.seconds.values()) and self._ratio() > self.clear:
+        if self.left and min(map(len, self.seconds.values())) >= 2 and self._ratio() > self.clear:
             self.left = 0  # already clear: no need to pay for the slower way again
         if not self.left:
             self._decide(round)

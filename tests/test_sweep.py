@@ -195,8 +195,8 @@ def test_stacking_is_chosen_by_timing_recorded_and_never_changes_the_numbers(tmp
         assert ("trained together" in reason) == (way != "never")
     for name, never in csvs["never"].items():
         assert csvs["always"][name].equals(never) and csvs["auto"][name].equals(never), name
-    (probe,) = stack["probes"]  # auto: a warm-up round, then three timed, each split: one run alone, three together
-    assert probe["round"] == 4 and stack["trains"] == probe["chosen"]
+    (probe,) = stack["probes"]  # auto: a warm-up round, then three timed (two if clear), split: one run alone, three
+    assert probe["round"] in (3, 4) and stack["trains"] == probe["chosen"]  # together
     timings = probe["seconds_per_client_step"]
     assert set(timings) == {"together", "one after another"} and all(t > 0 for t in timings.values())
     assert probe["chosen"] == min(timings, key=timings.get)
@@ -224,9 +224,8 @@ def test_the_stack_chooser_keeps_the_faster_way_and_checks_again_now_and_then():
     pair = StackChooser(warmup=1, recheck_every=2)  # two runs: probe calls alternate the ways
     ways = run(pair, {TOGETHER: 0.8, APART: 1.0}, 9, runs=2)
     assert ways == [SPLIT, TOGETHER, APART, TOGETHER, APART, TOGETHER, TOGETHER, APART, TOGETHER]
-    clear = StackChooser(warmup=1, recheck_every=2)  # 2x slower: each probe ends at its first call of either way
-    ways = run(clear, {TOGETHER: 0.5, APART: 1.0}, 9, runs=2)
-    assert ways == [SPLIT, TOGETHER, APART, TOGETHER, TOGETHER, APART, TOGETHER, TOGETHER, TOGETHER]
+    clear = StackChooser(warmup=1)  # 2x slower: the probe ends after two calls each way, not three
+    assert run(clear, {TOGETHER: 0.5, APART: 1.0}, 5) == [SPLIT] * 3 + [TOGETHER] * 2
     slight = StackChooser(warmup=0, probe_calls=1, recheck_every=1)  # 5% faster is within the margin: it stays
     run(slight, {TOGETHER: 1.0, APART: 1.05}, 1)
     run(slight, {TOGETHER: 1.0, APART: 0.95}, 6)
