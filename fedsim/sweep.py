@@ -6,11 +6,12 @@ the files `fedsim train` would (`<name>.csv`, `.json`, `.ckpt`), with the option
 sweep writes `<sweep>.sweep.json` (the grid, each run's name, options and status).
 
 Runs that differ only in what does not change a local step's shape (the seeds, the partition, the clients per
-round, the rounds, the learning rate, momentum and weight decay, FedProx's mu) form a *stack*: their cohorts train
-in one executor call per round (one vmapped step over all their clients), each run otherwise going through
-`fedsim.run` as it would alone, in a thread of its own that runs only while the others wait. So each run's CSV is
-the CSV of the same run started alone. Runs that cannot stack run one after another; the data are loaded once and
-torch is imported once.
+round, the rounds, the learning rate, momentum and weight decay, FedProx's mu) form a *stack*: they train through
+one executor, each round in one call for all their cohorts (one vmapped step over all their clients) or one call
+per run, whichever timing shows is faster (fedsim/stacking.py; `stack="auto"`, or "always" together, or "never":
+each run whole, one after another). Each run otherwise goes through `fedsim.run` as it would alone, in a thread of
+its own that runs only while the others wait, so each run's CSV is the CSV of the same run started alone. Runs
+that cannot stack run one after another; the data are loaded once and torch is imported once.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import dataclasses
 import itertools
 import json
 import re
+import signal
 import threading
 import time
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedsim.algorithms import ALGORITHMS, algorithm_class, algorithm_options, options_of, per_client_options
@@ -233,137 +236,37 @@ def stack_key(config: Config) -> str:
     """Runs with equal keys can train together: they differ only in options that leave a local step alone, in
     the client optimizer's numbers (each client's job carries its run's), or in options that their algorithm hands
     each client as a tensor (FedProx's mu: `per_client` in its declaration); not in what the algorithm's phases
-    read."""
+    read. Momentum and weight decay stack only with values that are 0 where theirs is (0 takes plain SGD's path:
+    beside clients with momentum a client would take theirs, with the same numbers only to rounding)."""
     apart = (STACKABLE | OPTIMIZER_NUMBERS | per_client_options(config.algo)) - algorithm_class(config.algo).phases_read
     if config.attack == "label-flip" or algorithm_class(config.algo).asynchronous:
         # label-flip's poisoned labels depend on the run's seed and partition; an asynchronous run's executor calls
         # follow its own events: neither is shared
         apart = {"quiet", "overwrite"}
-    return json.dumps({k: v for k, v in config.to_dict().items() if k not in apart}, sort_keys=True, default=str)
-
-
-class Stack:
-    """Trains the cohorts of several runs in one executor call per round.
-
-    Each run is `fedsim.run` in a thread of its own, whose executor is this stack's member for that run. Only one
-    thread computes at a time (a run holds the turn, and gives it up only while it waits for the others in
-    `train`), so the runs' setup and evaluation happen one after another, as in a loop. When every running run
-    has handed in its cohort for the round, the last one trains them all, each job keyed by its own run's seed
-    and reading its own run's rows of the shared data."""
-
-    def __init__(self, size: int):
-        self.turn = threading.Condition()
-        self.members: list[_Member] = []
-        self.running = set(range(size))
-        self.pending: dict[int, tuple] = {}
-        self.results: dict[int, object] = {}
-        self.data = None  # the runs' client data, one CSR over all of them
-        self.executor = None  # the real executor, built by the first run's setup
-        self.stopping = False
-
-    def factory(self, index: int, seed: int) -> Callable:
-        """An `executor_factory` for run `index` (see fedsim.experiment.setup)."""
-        def make(name, model, data, spec, algorithm, chunk, compile, threads):
-            import numpy as np
-            import torch
-
-            from fedsim.engine.executors import make_executor
-            from fedsim.engine.local import ClientData
-
-            if self.data is None:
-                self.data = ClientData(data.x, data.y, data.indices, np.asarray(data.offsets))
-                self.executor = make_executor(name, model, self.data, spec, algorithm, chunk, compile, threads)
-                rows = 0
-            elif data.x is not self.data.x or data.y is not self.data.y:  # stack_key keeps such runs apart
-                raise RuntimeError("runs of one stack must train on the same data tensors")
-            else:
-                rows = len(self.data.offsets) - 1
-                self.data.indices = torch.cat([self.data.indices, data.indices])
-                self.data.offsets = np.concatenate([self.data.offsets, self.data.offsets[-1] + data.offsets[1:]])
-            member = _Member(self, index, rows, seed, {"momentum": spec.optimizer.momentum,
-                                                       "weight_decay": spec.optimizer.weight_decay})
-            self.members.append(member)
-            return member
-
-        return make
-
-    def train(self, member: _Member, phases, jobs, round: int, lr: float):
-        if self.stopping:
-            raise KeyboardInterrupt
-        for job in jobs:
-            job.rows, job.seed, job.optimizer = member.rows + job.client, member.seed, {**member.optimizer, "lr": lr}
-        self.pending[member.index] = (phases, jobs, round, lr)
-        self._train_if_all_in()
-        while member.index not in self.results:
-            if self.stopping:
-                raise KeyboardInterrupt
-            self.turn.wait()
-        result = self.results.pop(member.index)
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def leave(self, index: int) -> None:
-        """Run `index` has ended (finished, stopped or diverged): the others no longer wait for it."""
-        self.running.discard(index)
-        self.pending.pop(index, None)
-        self._train_if_all_in()
-
-    def _train_if_all_in(self) -> None:
-        if not self.pending or set(self.pending) != self.running:
-            return
-        batches, self.pending = dict(self.pending), {}
-        rounds = {args[2] for args in batches.values()}
-        try:
-            if len(rounds) != 1:  # runs at different rounds (not stacked by sweep(): kept as a guard)
-                raise RuntimeError(f"stacked runs at different rounds: {sorted(rounds)}")
-            phases, _, round, lr = next(iter(batches.values()))  # each job carries its own run's lr
-            jobs = [job for args in batches.values() for job in args[1]]
-            trained = iter(self.executor.train(phases, jobs, round, lr))
-            for index, args in batches.items():
-                self.results[index] = [next(trained) for _ in args[1]]
-        except BaseException as e:  # every waiting run gets the error (one line where it is a FedsimError)
-            for index in batches:
-                self.results[index] = e
-        self.turn.notify_all()
-
-
-@dataclass
-class _Member:
-    """What one run of a stack sees as its executor."""
-
-    stack: Stack
-    index: int
-    rows: int  # where this run's clients start in the stack's data
-    seed: int
-    optimizer: dict  # its client optimizer's momentum and weight decay
-    name: str = field(init=False)
-    reason: str = field(init=False)
-    threads: object = field(init=False)
-
-    def __post_init__(self):
-        real = self.stack.executor
-        self.name, self.threads = real.name, real.threads
-        self.reason = f"{real.reason}; trained together with the other runs of its sweep stack"
-
-    def train(self, phases, jobs, round, lr):
-        return self.stack.train(self, phases, jobs, round, lr)
+    key = {k: v for k, v in config.to_dict().items() if k not in apart}
+    key["zero"] = [config.momentum == 0, config.weight_decay == 0]
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 # --- running the sweep -------------------------------------------------------------------------------------
 
 
 def run_sweep(runs: list[SweepRun], sweep_name: str, out_dir: str, overwrite: bool = False,
-              on_change: Callable[[list[SweepRun]], None] | None = None) -> list[SweepRun]:
+              on_change: Callable[[list[SweepRun]], None] | None = None, stack: str = "auto") -> list[SweepRun]:
     """Run every run of `runs` not already finished (resuming those with a checkpoint); returns them with their
     status. `on_change(runs)` is called whenever a run's status or round changes (the progress display).
-    Ctrl-C stops the whole sweep cleanly: each running run checkpoints and is marked stopped. Under torchrun each
-    process trains its share of the stacks (whole runs, balanced by their rounds left); rank 0 writes the sweep
-    file, which gets every rank's statuses at the end."""
+    `stack`: how the runs of a stack train (fedsim/stacking.py): `auto` each round together or one after another,
+    whichever timing shows is faster; `always` together; `never` one whole run after another. Ctrl-C stops the
+    whole sweep cleanly: each running run checkpoints and is marked stopped. Under torchrun each process trains
+    its share of the stacks (whole runs, balanced by their rounds left); rank 0 writes the sweep file, which gets
+    every rank's statuses at the end."""
     from fedsim.device import resolve_device
     from fedsim.engine import distributed
     from fedsim.metrics import RunLock
+    from fedsim.stacking import MODES
 
+    if stack not in MODES:
+        raise FedsimError(f"--stack must be one of {', '.join(MODES)} (got {stack!r})")
     out = Path(out_dir)
     sweep_file = out / f"{sweep_name}.sweep.json"
     ranks = distributed.join(resolve_device(runs[0].config.device).type) if runs else None
@@ -376,14 +279,15 @@ def run_sweep(runs: list[SweepRun], sweep_name: str, out_dir: str, overwrite: bo
             from fedsim.files import remove_stale_temporaries
 
             remove_stale_temporaries(sweep_file)  # a killed sweep's
-        return _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, overwrite, on_change)
+        return _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, overwrite, on_change,
+                          stack)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, overwrite,
-               on_change) -> list[SweepRun]:
+def _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, overwrite, on_change,
+               way) -> list[SweepRun]:
     from fedsim.engine import distributed
     from fedsim.experiment import load_config_dataset, stop_on_sigterm
 
@@ -400,10 +304,12 @@ def _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, o
     if ranks is not None:  # torchrun: each rank trains its share of the stacks, balanced by their rounds
         costs = [sum(runs[i].config.rounds - plans[i][1] for i in members) for _, members in stacks]
         stacks = [stacks[i] for i in distributed.split_work(costs, ranks.world_size)[ranks.rank]]
+    # how each stack of several runs trains, as the sweep file records it (updated as the stack's timing chooses)
+    records = [{"runs": [runs[i].name for i in members], "stack": way} for _, members in stacks if len(members) > 1]
 
     def changed():
         if lead:
-            _write_sweep_file(sweep_file, sweep_name, runs)
+            _write_sweep_file(sweep_file, sweep_name, runs, records)
         notify(runs)
 
     changed()
@@ -412,15 +318,17 @@ def _run_sweep(runs, identities, datasets, sweep_name, out, sweep_file, ranks, o
             for (_, _, loading), members in stacks:
                 if loading not in datasets:
                     datasets[loading] = load_config_dataset(runs[members[0]].config)
+                record = next((r for r in records if r["runs"][0] == runs[members[0]].name), {})
                 _run_stack([runs[i] for i in members], [plans[i] for i in members], datasets[loading], changed,
-                           share_cohort=ranks is None)
-        if ranks is not None:  # every rank's runs, as they ended there, for rank 0's sweep file and table
-            ended = ranks.all_gather({r.name: (r.status, r.round, r.detail) for r in runs if r.status != "pending"},
-                                     "the sweep's end")
+                           share_cohort=ranks is None, way=way, record=record)
+        if ranks is not None:  # every rank's runs, as they ended there, and its stacks, for rank 0's sweep file
+            ended = ranks.all_gather({"runs": {r.name: (r.status, r.round, r.detail) for r in runs
+                                               if r.status != "pending"}, "stacks": records}, "the sweep's end")
             for r in runs:
                 for share in ended:
-                    if r.name in share:
-                        r.status, r.round, r.detail = share[r.name]
+                    if r.name in share["runs"]:
+                        r.status, r.round, r.detail = share["runs"][r.name]
+            records = [record for share in ended for record in share["stacks"]]
     finally:
         changed()
     return runs
@@ -507,13 +415,18 @@ def _plan(run: SweepRun, identity, out: Path, overwrite: bool) -> tuple[object, 
 
 
 def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Callable[[], None],
-               share_cohort: bool = True) -> None:
+               share_cohort: bool = True, way: str = "auto", record: dict | None = None) -> None:
+    """The runs of one stack: in lock-step threads through one executor (fedsim/stacking.py), or, with `way`
+    "never" or a single run, one whole run after another here. `record` gets how the stack trained."""
     import dataclasses as dc
 
     from fedsim.engine.executors import make_executor
     from fedsim.experiment import run as run_one
+    from fedsim.stacking import APART, TOGETHER, Stack, StackChooser
 
-    stack = Stack(len(runs)) if len(runs) > 1 else None
+    record = {} if record is None else record
+    stack = Stack(len(runs), StackChooser(TOGETHER if way == "always" else None)) \
+        if len(runs) > 1 and way != "never" else None
     data = dc.replace(dataset, name=runs[0].config.dataset)
 
     def one(i: int, run: SweepRun, plan) -> None:
@@ -522,6 +435,8 @@ def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Calla
 
         def on_round(row, total):
             run.round = row["round"]
+            if stack is not None:
+                record.update(stack.record())
             changed()
 
         run.status, run.round = "running", start
@@ -545,7 +460,10 @@ def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Calla
             changed()
 
     if stack is None:
-        one(0, runs[0], plans[0])
+        if len(runs) > 1:
+            record["trains"] = APART
+        for i, (run, plan) in enumerate(zip(runs, plans, strict=True)):
+            one(i, run, plan)
         return
     errors: list[BaseException] = []
 
@@ -555,32 +473,50 @@ def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Calla
                 one(i, runs[i], plans[i])
             except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
                 errors.append(e)
+                if isinstance(e, KeyboardInterrupt):  # raised in a run (its on_change): the others stop too
+                    stack.stop()
             finally:
                 stack.leave(i)
 
     threads = [threading.Thread(target=thread, args=(i,), name=f"fedsim-sweep-{runs[i].name}")
                for i in range(len(runs))]
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.2)
-    except KeyboardInterrupt:
-        with stack.turn:
-            stack.stopping = True
-            stack.turn.notify_all()
+    with _interrupts_as_a_flag() as interrupted:
         for t in threads:
-            t.join()
-        raise
-    interrupted = [e for e in errors if isinstance(e, KeyboardInterrupt)]
-    if interrupted:
-        raise interrupted[0]
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                if interrupted.is_set() and not stack.stopping:
+                    stack.stop()  # each run stops at its next round, checkpointed; its thread ends
+                t.join(timeout=0.1)
+    record.update(stack.record())
+    if interrupted.is_set() or any(isinstance(e, KeyboardInterrupt) for e in errors):
+        raise KeyboardInterrupt
     if errors:
         raise errors[0]
 
 
-def _write_sweep_file(path: Path, sweep_name: str, runs: list[SweepRun]) -> None:
+@contextmanager
+def _interrupts_as_a_flag():
+    """Ctrl-C and SIGTERM set the yielded Event instead of raising KeyboardInterrupt, in the main thread, while a
+    stack's threads run: raised at any point (the threads' start, or inside Thread.join, which Python 3.11 then
+    marks a running thread as ended), it could leave a run's thread going on past the sweep's end, unsaved. A
+    signal that was ignored (a background job's Ctrl-C) stays ignored."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s, h in previous.items() if h not in (signal.SIG_IGN, None)}  # None: set outside Python
+    for s in previous:
+        signal.signal(s, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _write_sweep_file(path: Path, sweep_name: str, runs: list[SweepRun], stacks: list[dict] = ()) -> None:
     from fedsim.files import write_atomically
 
     grid: dict[str, list] = {}
@@ -590,7 +526,8 @@ def _write_sweep_file(path: Path, sweep_name: str, runs: list[SweepRun]) -> None
                 grid[key].append(value)
     text = json.dumps({"sweep": sweep_name, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "grid": grid,
                        "runs": [{"name": r.name, "options": r.varying, "status": r.status, "round": r.round,
-                                 **({"detail": r.detail} if r.detail else {})} for r in runs]},
+                                 **({"detail": r.detail} if r.detail else {})} for r in runs],
+                       "stacks": list(stacks)},
                       indent=2, default=str) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, lambda tmp: tmp.write_text(text), "sweep file", "; choose --out-dir")

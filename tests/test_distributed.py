@@ -204,5 +204,6 @@ def test_a_sweep_over_two_processes_gives_each_run_the_one_process_csv(tmp_path)
     assert len(csvs) == 4 and csvs == sorted(p.name for p in (tmp_path / "two").glob("d_*.csv"))
     for name in csvs:
         assert rows(tmp_path / "one" / name) == rows(tmp_path / "two" / name), name
-    statuses = [r["status"] for r in json.loads((tmp_path / "two" / "d.sweep.json").read_text())["runs"]]
-    assert statuses == ["finished"] * 4
+    sweep_file = json.loads((tmp_path / "two" / "d.sweep.json").read_text())
+    assert [r["status"] for r in sweep_file["runs"]] == ["finished"] * 4
+    assert sorted(len(s["runs"]) for s in sweep_file["stacks"]) == [2, 2]  # each rank's stack, gathered by rank 0

@@ -75,10 +75,7 @@ def test_each_runs_csv_equals_the_same_run_started_alone(tmp_path):
     for run in runs:
         fedsim.run(run.config, out_dir=str(tmp_path / "alone"))
         swept, alone = (rows(tmp_path / where / f"{run.name}.csv") for where in ("sweep", "alone"))
-        exact = [c for c in swept.columns if "loss" not in c]
-        assert swept[exact].equals(alone[exact]), run.name
-        for c in ("train_loss", "test_loss"):
-            assert swept[c].to_numpy() == pytest.approx(alone[c].to_numpy(), rel=1e-5), (run.name, c)
+        assert swept.equals(alone), run.name  # bit for bit: each client's arithmetic is the same in a stack
         record = json.loads((tmp_path / "sweep" / f"{run.name}.json").read_text())
         assert record["status"] == "finished" and "trained together" in record["executor"]["reason"]
     sweep_file = json.loads((tmp_path / "sweep" / "g.sweep.json").read_text())
@@ -91,21 +88,22 @@ def test_each_runs_csv_equals_the_same_run_started_alone(tmp_path):
 
 @pytest.mark.parametrize("algo,grid", [
     ("fedavg", {"lr": [0.05, 0.2], "lr_decay": [1.0, 0.5]}),
-    ("fedprox", {"momentum": [0.0, 0.9], "weight_decay": [0.0, 0.01]}),
+    ("fedprox", {"momentum": [0.5, 0.9], "weight_decay": [0.001, 0.01]}),
     ("ditto", {"lam": [0.1, 1.0], "lr": [0.05, 0.1]}),
     ("feddyn", {"alpha": [0.01, 0.1], "seed": [0, 1]}),
+    ("fedbabu", {"eval_every": [1, 2], "seed": [0, 1]}),  # one run's evaluation (fine-tuning) beside another's round
 ])
 def test_runs_with_other_optimizer_numbers_and_pulls_train_together_as_alone(tmp_path, algo, grid):
     """Each job carries its run's learning rate, momentum and weight decay, and Ditto's λ and FedDyn's α reach the
-    step as per-client tensors: all four runs form one stack, and each CSV is the run's alone."""
+    step as per-client tensors: all four runs form one stack, and each CSV is the run's alone, bit for bit."""
     runs = expand({**SMALL, "algo": algo, "out_dir": str(tmp_path / "sweep")}, grid, "g")
     assert len(runs) == 4 and len({stack_key(r.config) for r in runs}) == 1
-    run_sweep(runs, "g", str(tmp_path / "sweep"))
+    run_sweep(runs, "g", str(tmp_path / "sweep"), stack="always")
+    assert all(r.status == "finished" for r in runs)
     for run in runs:
         fedsim.run(run.config, out_dir=str(tmp_path / "alone"))
         swept, alone = (rows(tmp_path / where / f"{run.name}.csv") for where in ("sweep", "alone"))
-        for c in swept.columns:
-            assert swept[c].to_numpy() == pytest.approx(alone[c].to_numpy(), rel=1e-5, abs=1e-7), (run.name, c)
+        assert swept.equals(alone), run.name
     first, last = (rows(tmp_path / "sweep" / f"{r.name}.csv") for r in (runs[0], runs[-1]))
     assert not first["train_loss"].equals(last["train_loss"])  # the varied option reached the step
 
@@ -114,6 +112,12 @@ def test_the_phases_that_read_the_learning_rate_keep_their_runs_apart():
     runs = expand(SMALL, {"algo": ["peravg", "fedavg"], "lr": [0.05, 0.1]}, "p")
     keys = {(r.config.algo, stack_key(r.config)) for r in runs}
     assert len([k for k in keys if k[0] == "peravg"]) == 2 and len([k for k in keys if k[0] == "fedavg"]) == 1
+
+
+def test_momentum_and_weight_decay_of_zero_stack_apart_from_other_values():
+    """0 takes plain SGD's path; beside clients with momentum a client would take theirs (equal only to rounding)."""
+    runs = expand(SMALL, {"momentum": [0.0, 0.5, 0.9], "weight_decay": [0.0, 0.01, 0.1]}, "z")
+    assert len({stack_key(r.config) for r in runs}) == 4
 
 
 def test_the_same_sweep_started_twice_is_refused_before_it_writes(tmp_path):
@@ -171,3 +175,103 @@ def test_cli_dry_run_toml_and_a_diverging_run_that_leaves_the_others_going(tmp_p
     assert all(s == "diverged" for n, s in statuses.items() if "lr=10000" in n)
     result = runner.invoke(app, ["sweep", "--seed", "0,1", "--out-dir", "a,b", "--rounds", "1"])
     assert result.exit_code == 2 and "cannot vary" in result.output and not (tmp_path / "a,b").exists()
+
+
+def test_stacking_is_chosen_by_timing_recorded_and_never_changes_the_numbers(tmp_path):
+    """--stack never (one whole run after another), always (one executor call a round for all) and auto (each
+    round either way, as timing chose) give the same CSVs, and the sweep file says how each stack trained."""
+    grid = {"seed": [0, 1], "lr": [0.05, 0.1]}
+    fixed = {**SMALL, "rounds": 4}
+    csvs = {}
+    for way in ("never", "always", "auto"):
+        out = tmp_path / way
+        runs = run_sweep(expand({**fixed, "out_dir": str(out)}, grid, "w"), "w", str(out), stack=way)
+        assert all(r.status == "finished" for r in runs)
+        csvs[way] = {r.name: rows(out / f"{r.name}.csv") for r in runs}
+        (stack,) = json.loads((out / "w.sweep.json").read_text())["stacks"]
+        assert stack["runs"] == [r.name for r in runs] and stack["stack"] == way
+        assert stack["trains"] == {"never": "one after another", "always": "together"}.get(way, stack["trains"])
+        reason = json.loads((out / f"{runs[0].name}.json").read_text())["executor"]["reason"]
+        assert ("trained together" in reason) == (way != "never")
+    for name, never in csvs["never"].items():
+        assert csvs["always"][name].equals(never) and csvs["auto"][name].equals(never), name
+    (probe,) = stack["probes"]  # auto: a warm-up round, then three timed (two if clear), split: one run alone, three
+    assert probe["round"] in (3, 4) and stack["trains"] == probe["chosen"]  # together
+    timings = probe["seconds_per_client_step"]
+    assert set(timings) == {"together", "one after another"} and all(t > 0 for t in timings.values())
+    assert probe["chosen"] == min(timings, key=timings.get)
+
+
+def test_the_stack_chooser_keeps_the_faster_way_and_checks_again_now_and_then():
+    from fedsim.stacking import APART, SPLIT, TOGETHER, StackChooser
+
+    def run(chooser, cost, calls, runs=4):
+        ways = []
+        for _ in range(calls):
+            way = chooser.next_way(runs)
+            chooser.done({w: (cost[w] * 100, 100) for w in ((TOGETHER, APART) if way == SPLIT else (way,))}, 1)
+            ways.append(way)
+        return ways
+
+    chooser = StackChooser(warmup=1, probe_calls=3, recheck_every=4, max_recheck=64)
+    ways = run(chooser, {TOGETHER: 1.0, APART: 0.7}, 10)  # one after another is faster: chosen after the probe
+    assert ways == [SPLIT] * 4 + [APART] * 4 + [SPLIT, APART]  # a split warm-up; checked again after 4 calls
+    assert [p["chosen"] for p in chooser.probes] == [APART, APART]
+    assert chooser.probes[0]["seconds_per_client_step"] == {TOGETHER: 1.0, APART: 0.7}
+    run(chooser, {TOGETHER: 0.6, APART: 1.0}, 9)  # the load changed: together takes over at the next check
+    assert chooser.current == TOGETHER and chooser.probes[-1]["chosen"] == TOGETHER
+
+    pair = StackChooser(warmup=1, recheck_every=2)  # two runs: probe calls alternate the ways
+    ways = run(pair, {TOGETHER: 0.8, APART: 1.0}, 9, runs=2)
+    assert ways == [SPLIT, TOGETHER, APART, TOGETHER, APART, TOGETHER, TOGETHER, APART, TOGETHER]
+    clear = StackChooser(warmup=1)  # 2x slower: the probe ends after two calls each way, not three
+    assert run(clear, {TOGETHER: 0.5, APART: 1.0}, 5) == [SPLIT] * 3 + [TOGETHER] * 2
+    slight = StackChooser(warmup=0, probe_calls=1, recheck_every=1)  # 5% faster is within the margin: it stays
+    run(slight, {TOGETHER: 1.0, APART: 1.05}, 1)
+    run(slight, {TOGETHER: 1.0, APART: 0.95}, 6)
+    assert slight.current == TOGETHER and len(slight.probes) >= 3
+    decisive = StackChooser(warmup=0, probe_calls=1, recheck_every=2, max_recheck=50)  # 3x slower: checked rarely
+    assert run(decisive, {TOGETHER: 1.0, APART: 3.0}, 40) == [SPLIT] + [TOGETHER] * 39
+    assert run(StackChooser(TOGETHER), {TOGETHER: 9, APART: 1}, 5) == [TOGETHER] * 5
+
+
+@pytest.mark.parametrize("when", [0, 2])
+def test_ctrl_c_to_the_process_group_stops_a_sweep_with_every_running_run_checkpointed(tmp_path, when):
+    """SIGINT to the process group, as a terminal's Ctrl-C, while a stack starts (its runs' threads, their setup)
+    or trains: exit 130, each run of the stack stopped with a checkpoint at its last round, none left running (a
+    run's thread once went on past the sweep's end, or the process hung waiting for it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fedsim.checkpoint import load_checkpoint
+
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim", "sweep", "--seed", "0-2", "--rounds", "100000",
+                             "--clients", "4", "--local-steps", "1", "--out-dir", str(tmp_path), "--name", "c"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def runs():
+        try:
+            return json.loads((tmp_path / "c.sweep.json").read_text())["runs"]
+        except (OSError, ValueError):
+            return []
+
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and \
+            not any(r["status"] == "running" and r["round"] >= when for r in runs()):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 130, err
+    assert "run the same command again" in err and "Traceback" not in err
+    assert runs() and all(run["status"] == "stopped" for run in runs()), runs()
+    for run in runs():
+        if run["round"]:
+            assert load_checkpoint(tmp_path / f"{run['name']}.ckpt", str(tmp_path)).round == run["round"]
+    assert when == 0 or any(run["round"] for run in runs())

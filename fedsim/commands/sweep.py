@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,12 @@ from fedsim.commands import arguments_without_nproc, from_command_line, stderr_c
 
 _SWEEP = "Sweep"
 _VALUES_HELP = "Several values: comma-separated (integers also A-B: 0-4 is 0,1,2,3,4)."
+
+
+class Stacking(StrEnum):
+    auto = "auto"
+    always = "always"
+    never = "never"
 
 
 def sweep(
@@ -38,6 +45,11 @@ def sweep(
                                               "std over seeds) to this PNG.", dir_okay=False,
                                               rich_help_panel=_SWEEP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress display.", rich_help_panel=_SWEEP)] = False,
+    stack: Annotated[Stacking, typer.Option(
+        help="How runs that can train together train: auto (each round together or one run after another, "
+             "whichever timing shows is faster), always (together), never (one whole run after another). The "
+             "numbers are the same; <name>.sweep.json records the choice.", rich_help_panel=_SWEEP)]
+        = Stacking.auto,
     nproc: Annotated[int | None, typer.Option(
         metavar="N", show_default=False, rich_help_panel=_SWEEP,
         help="Run in N processes on this machine, each training its share of the runs (launches torchrun: the "
@@ -88,7 +100,8 @@ def sweep(
             raise typer.Exit(launch(nproc, arguments_without_nproc("sweep"),
                                     "run the same command again to go on"))
         try:
-            runs = _run(runs, sweep_name, out_dir, overwrite, quiet or process_rank() != 0, lib)
+            runs = _run(runs, sweep_name, out_dir, overwrite, quiet or process_rank() != 0, lib,
+                        stack.value)
         except KeyboardInterrupt:
             stderr_console().print(f"stopped; the runs checkpointed where they were: run the same command again to "
                                    f"go on ({Path(out_dir) / (sweep_name + '.sweep.json')})")
@@ -103,7 +116,8 @@ def sweep(
             raise typer.Exit(3)
 
 
-SWEEP_ONLY = {"ctx", "config", "name", "out_dir", "dry_run", "max_runs", "overwrite", "plot", "quiet", "nproc"}
+SWEEP_ONLY = {"ctx", "config", "name", "out_dir", "dry_run", "max_runs", "overwrite", "plot", "quiet", "nproc",
+              "stack"}
 
 
 def _with_run_options(command):
@@ -158,12 +172,12 @@ def _print_plan(runs, lib) -> None:
     Console().print(f"{len(runs)} runs in {len(stacks)} stack(s); runs of one stack train together")
 
 
-def _run(runs, sweep_name, out_dir, overwrite, quiet, lib):
+def _run(runs, sweep_name, out_dir, overwrite, quiet, lib, stack):
     """The sweep, with a live display on a terminal, else a line as each run ends."""
     import sys
 
     if quiet:
-        return lib.run_sweep(runs, sweep_name, out_dir, overwrite)
+        return lib.run_sweep(runs, sweep_name, out_dir, overwrite, stack=stack)
     started, console = time.perf_counter(), stderr_console()
     if not sys.stderr.isatty():
         told: set[str] = set()
@@ -174,12 +188,12 @@ def _run(runs, sweep_name, out_dir, overwrite, quiet, lib):
                     told.add(r.name)
                     console.print(f"{r.status}: {r.name} (round {r.round}/{r.config.rounds})")
 
-        return lib.run_sweep(runs, sweep_name, out_dir, overwrite, on_change=tell)
+        return lib.run_sweep(runs, sweep_name, out_dir, overwrite, on_change=tell, stack=stack)
     from rich.live import Live
 
     with Live(_progress(runs, started), console=console, refresh_per_second=4) as live:
         return lib.run_sweep(runs, sweep_name, out_dir, overwrite,
-                             on_change=lambda rs: live.update(_progress(rs, started)))
+                             on_change=lambda rs: live.update(_progress(rs, started)), stack=stack)
 
 
 def _progress(runs, started: float):

@@ -203,10 +203,14 @@ class VmapExecutor:
                 for job in jobs]
         ctx, ctx_dims = _stack_ctx(jobs)
         state = _stack([job.start for job in jobs])
-        # each client's optimizer numbers (a sweep's runs with other values): one number, or one per client
+        # each client's optimizer numbers (a sweep's runs with other values train together), one per client: the
+        # learning rate always, momentum and weight decay where any is not 0 (0 keeps plain SGD's path: a sweep
+        # stacks zero and non-zero values apart). So a client's arithmetic is the same whichever clients it trains
+        # beside: a number would take other kernels (alpha in one fused multiply-add) and round otherwise.
         default = {"lr": lr, "momentum": spec.optimizer.momentum, "weight_decay": spec.optimizer.weight_decay}
         numbers = {k: [(job.optimizer or {}).get(k, v) for job in jobs] for k, v in default.items()}
-        hyper = {k: v[0] if len(set(v)) == 1 else torch.tensor(v, device=self.data.x.device)
+        dtype = state[self.param_names[0]].dtype
+        hyper = {k: torch.tensor(v, dtype=dtype, device=self.data.x.device) if k == "lr" or any(v) else 0.0
                  for k, v in numbers.items()}
         states, steps, losses = [], [], []
         for phase in phases:
