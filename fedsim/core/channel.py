@@ -143,10 +143,16 @@ class Channel:
         if problem:
             raise FedsimError(problem)
 
-    def reduce(self, sends: dict[str, Field], messages: Sequence[Message], server, round: int) -> Aggregate:
+    def encode(self, sends: dict[str, Field], messages: Sequence[Message], server, round: int):
+        """The stages alone: (the fields the messages now carry, the messages as sent). Each message's `size` is
+        then its size on the wire (what an event loop reads for a client's upload time)."""
         for stage in self.stages:
             messages = stage(sends, messages, server, round)
             sends = {**sends, **getattr(stage, "adds", {})}
+        return sends, messages
+
+    def reduce(self, sends: dict[str, Field], messages: Sequence[Message], server, round: int) -> Aggregate:
+        sends, messages = self.encode(sends, messages, server, round)
         means, count, info = self.reducer(sends, messages, server, round)
         info = dict(info)
         extra_up, extra_down, failed = info.pop("bytes_up", 0), info.pop("bytes_down", 0), info.pop("failed", None)
