@@ -273,6 +273,8 @@ class SecureSum:
 
     def dp(self, sends, sums, server, round: int, info: dict):
         """DP's reducer on the unmasked sum: the algorithm's fields apart from the fields a stage added."""
+        import torch
+
         r, start, added, parts, pieces = self.protocol.current, 0, {}, [], []
         for f, k in r.parts:
             n = r.template.fields[f][k].numel()
@@ -282,8 +284,6 @@ class SecureSum:
                 parts.append((f, k))
                 pieces.append(sums[start:start + n])
             start += n
-        import torch
-
         own = {f: spec for f, spec in sends.items() if f not in self.then.added}
         means, count, more = self.then.reduce_sum(own, r.template, parts, torch.cat(pieces), added, server, round)
         return means, count, {**info, **more, "secagg_failed": 0}
