@@ -270,7 +270,7 @@ class GeneralOptions:
         if self.concurrency is not None and not algo.asynchronous:
             raise FedsimError(f"--concurrency is for the asynchronous algorithms (fedbuff, fedasync), not {self.algo}: "
                               "a synchronous round trains its cohort (--fraction, --min-clients)")
-        check_comm_options(self, algo.asynchronous)
+        check_comm_options(self, algo)
         if self.secure_agg is not None and self.aggregate != "mean":
             raise FedsimError(f"--aggregate {self.aggregate} cannot run under --secure-agg: {ROBUST_SUMMED_ONLY}, but "
                               f"secure aggregation ({SECAGG_SUMMED_ONLY}) hides each value; choose one")

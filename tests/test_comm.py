@@ -23,7 +23,8 @@ from fedsim.comm import parse_codec
 from fedsim.comm.codecs import QSGD, Int8, RandK, Sign, TopK, generator
 from fedsim.comm.compress import Compress
 from fedsim.comm.secagg import Mask, SecureAggregation, SecureSum, Traffic, levels, neighbors
-from fedsim.core.channel import PER_CLIENT, UNIFORM, Channel, Message, per_client, summed
+from fedsim.config import Config
+from fedsim.core.channel import PER_CLIENT, SUMMED, UNIFORM, Channel, Message, per_client, summed
 from fedsim.core.hooks import ServerState
 from fedsim.engine.local import LocalSpec, SequentialExecutor
 from fedsim.engine.optim import OptimizerSpec
@@ -204,8 +205,9 @@ def test_a_stacked_sweep_of_codecs_gives_each_runs_csv_as_alone(tmp_path):
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_every_algorithm_takes_a_codec_and_secure_aggregation_where_its_message_allows(name):
     """One round on a tiny model: a lossless codec and the secure sum give the plain channel's server state (up to
-    float rounding and one quantization level); an algorithm with a per-client field is refused secure
-    aggregation by its declaration, and still takes a codec (the field goes as it is)."""
+    float rounding and one quantization level). An algorithm with a per-client field is refused secure
+    aggregation by its declaration, and still takes a codec (the field goes as it is) unless it sends no summed
+    field at all; an asynchronous one is refused secure aggregation (no round cohort)."""
     def server_after(channel):
         torch.manual_seed(0)
         sim = Sim(algorithm_class(name), Net(), tiny_data(sizes=(6, 9, 7)), lr=0.1, batch_size=3)
@@ -216,15 +218,44 @@ def test_every_algorithm_takes_a_codec_and_secure_aggregation_where_its_message_
     def close(a, b):
         return all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
 
+    cls = algorithm_class(name)
     plain = server_after(Channel())
-    assert close(server_after(Channel([Compress(TopK(Fraction(1)), key=0)])).model, plain.model)
-    per_client = any(spec.kind == PER_CLIENT for spec in algorithm_class(name).sends.values())
+    if any(spec.kind == SUMMED for spec in cls.sends.values()):
+        assert close(server_after(Channel([Compress(TopK(Fraction(1)), key=0)])).model, plain.model)
+    else:  # FedFomo, FedAMP, APPLE: every field goes to the server as sent
+        with pytest.raises(FedsimError, match=f"{name}'s clients send none"):
+            Config(algo=name, compress="int8").validate()
     p = protocol(max_weight=9)
-    if per_client:
+    if any(spec.kind == PER_CLIENT for spec in cls.sends.values()):
         with pytest.raises(FedsimError, match=f"secure aggregation.* cannot take {name}"):
-            secure(p).check(name, algorithm_class(name).sends)
+            secure(p).check(name, cls.sends)
+    elif cls.asynchronous:  # no round cohort to share keys
+        with pytest.raises(FedsimError, match="--secure-agg masks a synchronous round's cohort"):
+            Config(algo=name, secure_agg="secagg", speed="constant:1").validate()
     else:
         assert close(server_after(secure(p)).model, plain.model)
+
+
+def test_the_upload_a_clock_times_and_a_late_client_counts_is_the_encoded_size(tmp_path):
+    """`Communication.wire_size` (what the simulated clock times, and what a late client's upload adds) equals the
+    size the channel's stage sets; on the clock, a codec's smaller upload shortens the round."""
+    from fedsim.comm.install import Communication, install_communication
+
+    center = {"w": torch.zeros(6, 5), "b": torch.zeros(6)}
+    messages = messages_of(random_updates(3), center)
+    algorithm = SimpleNamespace(sends=MODEL, bytes_up_of=lambda server, m: 0)
+    coded = install_communication(Config(compress="qsgd:3", bucket_size=4), algorithm, [10] * 3, 3, key=1)
+    _, encoded = Channel(coded.stages).encode(MODEL, messages, ServerState(center), 1)
+    assert [coded.wire_size(algorithm, None, m) for m in messages] == [m.size for m in encoded]
+    masked = install_communication(Config(secure_agg="secagg"), algorithm, [10] * 3, 3, key=1)
+    masked.sampled(1, [0, 1, 2])
+    _, encoded = Channel(masked.stages).encode(MODEL, messages, ServerState(center), 1)
+    assert [masked.wire_size(algorithm, None, m) for m in messages] == [m.size for m in encoded]
+    assert Communication().wire_size(SimpleNamespace(bytes_up_of=lambda server, m: 7), None, messages[0]) == 7
+    clocked = dict(SMALL, rounds=2, bandwidth="constant:1e5", out_dir=str(tmp_path))
+    plain = fedsim.run(fedsim.Config(**clocked, name="plain"))
+    coded = fedsim.run(fedsim.Config(**clocked, name="q", compress="qsgd:2"))
+    assert (coded["sim_seconds"] < plain["sim_seconds"]).all()
 
 
 # --- secure aggregation ------------------------------------------------------------------------------------------
@@ -263,8 +294,9 @@ def test_the_secure_sum_is_the_plain_weighted_mean_up_to_quantization(mode):
 
 
 def test_one_clients_masked_vector_is_uniform_over_the_field_whatever_its_update():
-    """Chi-square over 16 bins of 4096 masked coordinates (15 degrees of freedom: below 37.7 with probability
-    0.999), for an update of zeros and for a large one, and uncorrelated with the update."""
+    """Chi-square over 16 bins of 4096 masked coordinates (15 degrees of freedom: below 56.5 with probability
+    1 − 1e-6; the unmasked levels of these updates give thousands), for an update of zeros and for a large one,
+    and uncorrelated with the update."""
     center = {"w": torch.zeros(4096)}
     updates = [{"w": torch.zeros(4096)}, {"w": torch.linspace(-8, 8, 4096)}, {"w": torch.ones(4096)}]
     p = protocol(bits=16, max_weight=1, by_samples=False)
@@ -274,7 +306,7 @@ def test_one_clients_masked_vector_is_uniform_over_the_field_whatever_its_update
         y = m.fields["secagg"]["y"].double() / 2**16
         assert ((y >= 0) & (y < 1)).all()
         counts = np.histogram(y.numpy(), bins=16, range=(0, 1))[0]
-        assert ((counts - 256) ** 2 / 256).sum() < 37.7
+        assert ((counts - 256) ** 2 / 256).sum() < 56.5
         if u["w"].std() > 0:
             assert abs(np.corrcoef(y.numpy(), u["w"].numpy())[0, 1]) < 0.1
 

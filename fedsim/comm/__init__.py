@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+from fedsim.core.channel import SUMMED
 from fedsim.errors import FedsimError
 
 CODECS = ("qsgd:B", "int8", "topk:F", "randk:F", "sign")
@@ -67,11 +68,16 @@ def parse_codec(text: str, option: str = "--compress") -> CodecSpec:
     raise FedsimError(f"unknown {option} {text!r}: choose one of {', '.join(CODECS)}")
 
 
-def check_options(config, asynchronous: bool = False) -> None:
+def check_options(config, algorithm) -> None:
     """The communication options together, before anything is loaded: one line naming the option. (What needs
-    the cohort size, the threshold and the graph's degree, is checked by `check_setup`.) `asynchronous`: the
-    algorithm is FedBuff's or FedAsync's (no rounds: the server sends each client the model when it starts)."""
+    the cohort size, the threshold and the graph's degree, is checked by `check_setup`.) `algorithm`: the run's
+    algorithm class, whose declarations say what its clients send (`sends`) and whether it runs in rounds
+    (`asynchronous`: FedBuff's and FedAsync's server sends each client the model when it starts)."""
     codec = None if config.compress is None else parse_codec(config.compress)
+    asynchronous = algorithm.asynchronous
+    if codec is not None and not any(spec.kind == SUMMED for spec in algorithm.sends.values()):
+        raise FedsimError(f"--compress encodes the summed fields a client sends, and {config.algo}'s clients send "
+                          f"none ({', '.join(algorithm.sends)}: the server keeps each as sent): drop --compress")
     if asynchronous and config.compress_down is not None:
         raise FedsimError(f"--compress-down encodes a round's broadcast; {config.algo} sends each client the current "
                           "model when it starts: drop --compress-down (--compress encodes what clients send)")
