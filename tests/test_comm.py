@@ -95,6 +95,20 @@ def test_int8_and_sign_are_as_stated():
     assert torch.allclose(Sign()(x), torch.tensor([-1.0, 1.0, 1.0, 1.0]) * 4.5 / 4)
 
 
+def test_each_codec_gives_the_same_numbers_on_any_thread_count():
+    """A run's numbers do not depend on its CPU threads (torchrun's ranks use one each): the codecs' reductions
+    (sign's scale, QSGD's norms) are summed in one fixed order, not by torch's parallel reduction."""
+    x = torch.randn(300_000, generator=torch.Generator().manual_seed(4)) * torch.rand(300_000) ** 4
+    threads = torch.get_num_threads()
+    for codec in (QSGD(4, 512), QSGD(4, 300_000), Int8(), TopK(Fraction(1, 100)), RandK(Fraction(1, 100)), Sign()):
+        outs = []
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            outs.append(codec(x, generator(0, 0, 1)))
+        torch.set_num_threads(threads)
+        assert all(torch.equal(outs[0], o) for o in outs[1:]), type(codec).__name__
+
+
 def test_each_codecs_bytes_equal_a_hand_count():
     # qsgd:4, buckets of 4, 10 coordinates: 40 bits = 5 bytes, and 3 bucket norms of 4 bytes
     assert QSGD(4, 4).size(10) == 5 + 12

@@ -37,6 +37,15 @@ def index_bits(d: int, k: int) -> int:
     return min(k * math.ceil(math.log2(d)) if d > 1 else 0, d)
 
 
+def ordered_sums(rows):
+    """Each row's sum (a float64 torch tensor of rows), added in one fixed order (numpy's pairwise summation, one
+    thread), so that a codec's scale does not depend on how many threads torch's parallel reductions use."""
+    import numpy as np
+    import torch
+
+    return torch.as_tensor(np.add.reduce(rows.detach().double().cpu().numpy(), axis=-1)).to(rows.device)
+
+
 def kept(fraction, d: int) -> int:
     """k = ⌈F·d⌉ (F an exact Fraction), at least 1."""
     return max(1, math.ceil(fraction * d))
@@ -58,7 +67,7 @@ class QSGD:
         d, b, s = x.numel(), self.bucket, self.levels
         pad = (-d) % b
         v = torch.cat([x.double(), x.new_zeros(pad, dtype=torch.float64)]).view(-1, b)
-        norms = v.norm(dim=1, keepdim=True)
+        norms = ordered_sums(v * v).sqrt().unsqueeze(1)
         scaled = v.abs() / norms.clamp_min(torch.finfo(torch.float64).tiny) * s
         low = scaled.floor()
         up = torch.rand(v.shape, generator=generator, dtype=torch.float64).to(x.device) < scaled - low
@@ -129,7 +138,7 @@ class Sign:
     def __call__(self, x, generator=None):
         import torch
 
-        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype) * x.abs().mean()
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype) * (ordered_sums(x.abs()) / x.numel()).to(x.dtype)
 
 
 def make_codec(spec, bucket: int | None = None, error_feedback: bool = False):
