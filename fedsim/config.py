@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsim.algorithms import ALGORITHMS, algorithm_class, algorithm_options
+from fedsim.comm import SECAGG_SUMMED_ONLY
+from fedsim.comm import check_options as check_comm_options
 from fedsim.core.channel import cohort_refusal, refusal
 from fedsim.core.params import Range, check_value
 from fedsim.data.schemes import SCHEMES
@@ -95,6 +97,16 @@ class GeneralOptions:
     dp_clip_quantile: float = 0.5        # adaptive: the update-norm quantile C tracks
     dp_mode: str = "central"             # central: the server noises the sum; local: each client its update
     dp_noise_seed: int | None = None     # key the noise by this (runs sharing it share noise); default: the run's hash
+    # --- communication (fedsim.comm): compressed updates, secure aggregation ------------------------
+    compress: str | None = None          # what clients send: qsgd:B | int8 | topk:F | randk:F | sign
+    bucket_size: int | None = None       # qsgd: coordinates a norm covers (default 512)
+    error_feedback: bool = False         # keep each client's residual of what the codec did not send
+    compress_down: str | None = None     # what the server broadcasts: qsgd:B | int8
+    secure_agg: str | None = None        # secagg (Bonawitz et al.) | secagg+ (Bell et al.): the server sees the sum
+    secagg_bits: int = 32                # the field's width: masked coordinates are B-bit integers
+    secagg_threshold: int | None = None  # shares that rebuild a secret (default: a majority of their holders)
+    secagg_neighbors: int | None = None  # secagg+: each client's neighbours (even; default 2 ceil(log2 m))
+    secagg_range: float = 8.0            # each coordinate is clipped to [-R, R] before quantization
     # --- rounds and clients per round -------------------------------------------------------
     rounds: int = 20
     fraction: float = 1.0                # clients per round = max(round(fraction * N), min_clients)
@@ -187,6 +199,8 @@ class GeneralOptions:
             users.append(("differential privacy", DP_SUMMED_ONLY))
         if self.aggregate != "mean":
             users.append((f"--aggregate {self.aggregate}", ROBUST_SUMMED_ONLY))
+        if self.secure_agg is not None:
+            users.append(("secure aggregation", SECAGG_SUMMED_ONLY))
         return users
 
     def cohort_users(self) -> list[tuple[str, str]]:
@@ -256,6 +270,10 @@ class GeneralOptions:
         if self.concurrency is not None and not algo.asynchronous:
             raise FedsimError(f"--concurrency is for the asynchronous algorithms (fedbuff, fedasync), not {self.algo}: "
                               "a synchronous round trains its cohort (--fraction, --min-clients)")
+        check_comm_options(self, algo)
+        if self.secure_agg is not None and self.aggregate != "mean":
+            raise FedsimError(f"--aggregate {self.aggregate} cannot run under --secure-agg: {ROBUST_SUMMED_ONLY}, but "
+                              f"secure aggregation ({SECAGG_SUMMED_ONLY}) hides each value; choose one")
         problem = (refusal(self.algo, algo.sends, self.channel_users())
                    or cohort_refusal(self.algo, algo.single_update, self.cohort_users()))
         if problem:
@@ -287,6 +305,8 @@ RANGES = {
     "dp_delta": Range(0, 1, low_open=True, high_open=True),
     "dp_clip_quantile": Range(0, 1, low_open=True, high_open=True),
     "deadline": Range(0, low_open=True), "over_select": Range(1), "concurrency": Range(1),
+    "bucket_size": Range(1), "secagg_bits": Range(2, 62), "secagg_threshold": Range(1), "secagg_neighbors": Range(2),
+    "secagg_range": Range(0, low_open=True),
 }
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import torch
 
 from fedsim.algorithms import algorithm_class
 from fedsim.checkpoint import Checkpoint, Progress, load_checkpoint, save_checkpoint
+from fedsim.comm.install import Communication, install_communication
 from fedsim.config import Config
 from fedsim.core import rng
 from fedsim.core.channel import Channel
@@ -57,7 +59,8 @@ class Experiment:
     keys: ModelKeys
     algorithm: object
     executor: object
-    channel: Channel  # what the clients send passes through it (attack, DP, robust reducer) to the server
+    channel: Channel  # what the clients send passes through it (attack, DP, codec, masking, reducer) to the server
+    comm: Communication  # the codecs, secure aggregation and the bytes they count (fedsim.comm)
     malicious: np.ndarray | None = None  # the attacking clients (--attack), None: no attack
     privacy: object = None  # fedsim.privacy.Privacy (--dp-noise, --dp-epsilon), None: no DP
     ranks: object = None  # under torchrun: this process's share of the work (engine.distributed.Ranks)
@@ -127,11 +130,13 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     spec = LocalSpec(optimizer, config.batch_size, config.local_epochs, config.local_steps, config.clip,
                      config.seed)
     clock = make_clock(config, partition, spec, algorithm) if clocked(config) else None  # part of the identity
-    privacy = install_privacy(config, eligible, cohort,
-                              noise_key(config, identity_of(config, dataset, partition, model, clock)))
-    stale = (Staleness(algorithm.staleness_weight),) if algo_cls.asynchronous else ()  # after the clients' stages
-    channel = Channel(robust.stages + (() if privacy is None else privacy.stages) + stale,
-                      robust.reducer if privacy is None else privacy.reducer, variance_keys(model))
+    identity = identity_of(config, dataset, partition, model, clock)
+    privacy = install_privacy(config, eligible, cohort, noise_key(config, identity))
+    comm = install_communication(config, algorithm, partition.train_sizes, cohort, run_key(identity),
+                                 privacy is not None)
+    stale = (Staleness(algorithm.staleness_weight),) if algo_cls.asynchronous else ()  # the server's: the last stage
+    channel = Channel(robust.stages + (() if privacy is None else privacy.stages) + comm.stages + stale,
+                      comm.reducer(robust.reducer if privacy is None else privacy.reducer), variance_keys(model))
     channel.check(config.algo, algorithm.sends)
 
     # the partition is already CSR: one index array plus offsets (copied: its arrays are read-only)
@@ -144,7 +149,7 @@ def setup(config: Config, model=None, dataset=None, executor_factory=make_execut
     executor = executor_factory(config.executor, model, algorithm.training_data(data), spec, algorithm,
                                 config.cohort_chunk, config.compile, threads)
     executor.threads.apply()
-    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, channel,
+    return Experiment(config, device, dataset, partition, model, keys, algorithm, executor, channel, comm,
                       robust.malicious, privacy, ranks, clock=clock)
 
 
@@ -162,9 +167,16 @@ def make_clock(config: Config, partition, spec: LocalSpec, algorithm):
 
 
 def noise_key(config: Config, identity: RunIdentity) -> int:
-    """What keys a run's DP noise: --dp-noise-seed, else the run's identity (fedsim/identity.py: everything that
-    decides its numbers), so runs of a sweep never share noise and a rerun or a resume draws the same."""
-    return config.dp_noise_seed if config.dp_noise_seed is not None else int(identity.sha256[:15], 16)
+    """What keys a run's DP noise: --dp-noise-seed, else the run's identity (`run_key`), so runs of a sweep never
+    share noise and a rerun or a resume draws the same."""
+    return config.dp_noise_seed if config.dp_noise_seed is not None else run_key(identity)
+
+
+def run_key(identity: RunIdentity) -> int:
+    """The run's identity (fedsim/identity.py: everything that decides its numbers) as a number: it keys the
+    channel's draws (DP's noise, a stochastic codec's, secure aggregation's masks), which thus differ between the
+    runs of a sweep and repeat in a rerun, a resume and every torchrun process."""
+    return int(identity.sha256[:15], 16)
 
 
 def variance_keys(model: torch.nn.Module) -> list[str]:
@@ -324,6 +336,7 @@ def run_record(exp: Experiment) -> dict:
         **({} if exp.privacy is None else {"privacy": exp.privacy.record}),
         **({"evaluation": evaluation_plan(exp).record()} if evaluation_columns(exp.config) else {}),
         **({} if exp.clock is None else {"clock": exp.clock.record()}),
+        **({"communication": exp.comm.record} if exp.comm.record else {}),
         "processes": 1 if exp.ranks is None else exp.ranks.world_size,  # torchrun's ranks sharing each cohort
         "status": "running",
     }
@@ -390,6 +403,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
         start = checkpoint.progress.to(exp.device)
     if exp.privacy is not None:  # the clip norm and noise multiplier the run's rounds so far used
         exp.privacy.restore(start.server, config.rounds)
+    exp.comm.restore(start.server)  # error feedback's residuals
     check_tracking(config)  # a missing tracking extra or an unusable MLflow URI: one line, before anything is written
     stragglers = Stragglers(config.stragglers, config.straggler_policy or exp.algorithm.straggler_policy,
                             config.client_dropout, config.local_epochs, config.local_steps, config.seed,
@@ -441,7 +455,7 @@ def run(config: Config | None = None, *, model=None, dataset=None, resume=None, 
                   + (f": {e}" if isinstance(e, FedsimError) else ""))
         raise
     finally:
-        summary = _summary(writer.rows)
+        summary = {**_summary(writer.rows), **exp.comm.summary()}
         if exp.executor.threads.adaptive:  # (local step, thread count) each time a probe chose anew
             summary["threads_chosen"] = [list(d) for d in exp.executor.threads.decisions]
         if config.compile:  # cold compilation is inside the first rounds' round_seconds: its share, apart
@@ -491,7 +505,8 @@ def _round_loop(exp: Experiment, writer: RunWriter | None, start: Progress, stra
     for r in range(start.round + 1, config.rounds + 1):
         round_start = time.perf_counter()
         lr = config.lr * config.lr_decay ** (r - 1)
-        down = algo.bytes_down(server)  # the cohort receives the server's state from before the round
+        # the cohort receives the server's state from before the round (--compress-down: as decoded)
+        received, down = exp.comm.broadcast_of(algo, server, r)
         timing = deliver = None
         if clock is None:
             plan = stragglers.plan(exp.cohort(r, eligible, size), r)  # who trains, and the stragglers' work
@@ -502,16 +517,20 @@ def _round_loop(exp: Experiment, writer: RunWriter | None, start: Progress, stra
             timing = clock.round(now, plan.train, plan.work, down, None if clock.over_select is None else size,
                                  stragglers.policy == "partial")
             train, work = timing.train, timing.work
-            pre = server  # what each client's upload is counted against (the CSV's bytes_up)
 
-            def deliver(sent, timing=timing, pre=pre):
-                return timing.deliver(sent, lambda m: clock.upload(m.client, bytes_sent_up(algo, pre, [m])))
-        result = run_round(algo, exp.executor, server, store, train, r, lr, exp.channel, work, exp.ranks, deliver)
+            def deliver(sent, timing=timing, pre=received):  # each upload as long as its bytes on the wire
+                return timing.deliver(sent, lambda m: clock.upload(m.client, exp.comm.wire_size(algo, pre, m)))
+        exp.comm.sampled(r, plan.cohort)  # secure aggregation's cohort: who shared keys, the late and dropped too
+        result = run_round(algo, exp.executor, received, store, train, r, lr, exp.channel, work, exp.ranks,
+                           deliver)
         server = result.server
+        if result.aggregate is not None and result.aggregate.failed and writer is not None and not config.quiet:
+            print(result.aggregate.failed, file=sys.stderr)
         if exp.privacy is not None:
             server = exp.privacy.after_round(server)
-        sent_up += bytes_sent_up(algo, server, result.sent + result.late)
-        sent_down += len(plan.cohort) * down
+        server = exp.comm.after_round(server)
+        sent_up += exp.comm.bytes_up(algo, received, result)  # as the channel encoded them, its protocol's too
+        sent_down += len(plan.cohort) * down + (0 if result.aggregate is None else result.aggregate.bytes_down)
         if timing is not None:
             now = timing.end
         row = None
@@ -537,7 +556,7 @@ def _async_loop(exp: Experiment, writer: RunWriter, start: Progress):
     eligible = np.flatnonzero(exp.partition.train_sizes > 0)
     loop = AsyncLoop(algo, exp.executor, exp.channel, exp.clock, eligible, concurrency(config, len(eligible)),
                      config.seed, lambda version: config.lr * config.lr_decay ** version, algo.bytes_down,
-                     lambda server, message: bytes_sent_up(algo, server, [message]))
+                     lambda server, message: exp.comm.wire_size(algo, server, message))
     stream = Stream.from_state(start.stream)
     started = time.perf_counter() - start.elapsed_seconds
     sent_up, sent_down = start.bytes_up, start.bytes_down
@@ -547,6 +566,7 @@ def _async_loop(exp: Experiment, writer: RunWriter, start: Progress):
         server = update.server
         if exp.privacy is not None:
             server = exp.privacy.after_round(server)
+        server = exp.comm.after_round(server)
         sent_up += update.bytes_up
         sent_down += update.bytes_down
         row = None
@@ -603,12 +623,6 @@ def _what_ranks_share(exp: Experiment, checkpoint: Checkpoint | None) -> dict:
     return {"config": config, "dataset": exp.dataset.fingerprint(), "partition": exp.partition.meta.get("sha256"),
             "initial model": exp.identity.facts["initial_sha256"], "fedsim version": __version__,
             "torch version": torch.__version__, "checkpoint": None if checkpoint is None else checkpoint.round}
-
-
-def bytes_sent_up(algo, server, sent) -> int:
-    """Bytes the cohort sent the server: each message's `bytes_up_of` (its fields' tensors; FedProto's
-    prototypes, as many as the client's classes)."""
-    return sum(algo.bytes_up_of(server, r) for r in sent)
 
 
 def compile_seconds() -> float:

@@ -13,7 +13,8 @@ Columns, one row per evaluated round (accuracies are fractions in [0, 1]):
     personal_accuracy_p10    10th percentile over clients (the worst-10% boundary)
     personal_accuracy_pooled correct / total over all clients' test slices (PFLlib/FedProx style)
     bytes_up, bytes_down     exact bytes sent client->server and server->client since the previous row
-                             (this round, unless --eval-every skips rows)
+                             (this round, unless --eval-every skips rows): what the channel put on the wire
+                             (a codec's encoding, secure aggregation's messages; fedsim.comm)
     round_seconds            wall time of this round (training + evaluation)
     elapsed_seconds          wall time since the run started (setup excluded)
     malicious                (runs with --attack only) malicious clients in this round's cohort (fedsim.robust)
@@ -32,6 +33,8 @@ Columns, one row per evaluated round (accuracies are fractions in [0, 1]):
                              updates, `clients` the updates the last one applied
     staleness_mean, _max     (asynchronous runs) of those updates: model versions between the one a client trained
                              from and the one its update was applied to
+    secagg_failed            (--secure-agg runs only) 1 when too few clients sent to remove the masks: the server
+                             kept its model that round; else 0
 """
 
 from __future__ import annotations

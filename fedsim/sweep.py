@@ -43,7 +43,10 @@ STACKABLE = frozenset({"seed", "partition_seed", "name", "partition", "clients",
                        "min_clients", "rounds", "eval_every", "eval_sample", "eval_clients", "checkpoint_every",
                        "quiet", "overwrite",
                        # the simulated clock: who trains a round, and a late client's steps (a job's own work)
-                       "speed", "bandwidth", "profiles", "availability", "deadline", "over_select"})
+                       "speed", "bandwidth", "profiles", "availability", "deadline", "over_select",
+                       # the channel's codecs and secure aggregation act on what a client sends, after its steps
+                       "compress", "bucket_size", "error_feedback", "compress_down", "secure_agg", "secagg_bits",
+                       "secagg_threshold", "secagg_neighbors", "secagg_range"})
 # The client optimizer's numbers: the executor takes them per job (a (K,) tensor each in the stacked step).
 OPTIMIZER_NUMBERS = frozenset({"lr", "lr_decay", "momentum", "weight_decay"})
 DEFAULT_MAX_RUNS = 1000

@@ -20,8 +20,11 @@ FORBIDDEN = {
     "models": ("fedsim.algorithms", "fedsim.engine", "fedsim.experiment", "fedsim.commands", "fedsim.cli",
                "fedsim.data"),
 }
-# privacy and robust aggregation are the channel's reducers and stages (fedsim.core.channel): core's types only
-FORBIDDEN["privacy"] = FORBIDDEN["robust"] = FORBIDDEN["algorithms"] + ("fedsim.algorithms",)
+# privacy, robust aggregation and communication are the channel's reducers and stages (fedsim.core.channel):
+# core's types only, and none of the others
+FORBIDDEN["privacy"] = FORBIDDEN["robust"] = FORBIDDEN["comm"] = FORBIDDEN["algorithms"] + ("fedsim.algorithms",)
+for layer in ("privacy", "robust", "comm"):
+    FORBIDDEN[layer] += tuple(f"fedsim.{o}" for o in ("privacy", "robust", "comm") if o != layer)
 
 
 def imported_modules(path: Path) -> set[str]:

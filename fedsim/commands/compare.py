@@ -22,6 +22,8 @@ class XAxis(StrEnum):
     round = "round"
     time = "time"
     sim_seconds = "sim_seconds"
+    bytes = "bytes"
+    bytes_up = "bytes-up"
 
 
 def compare(
@@ -44,8 +46,9 @@ def compare(
     plot: Annotated[Path | None, typer.Option(
         help="Also write the metric per round for each group (mean ± std band over seeds) to this PNG.",
         show_default=False, dir_okay=False)] = None,
-    x: Annotated[XAxis, typer.Option("--x", help="x axis of --plot: round, time (elapsed_seconds), or sim_seconds "
-                                                 "(the simulated clock's time, for runs with client profiles).")]
+    x: Annotated[XAxis, typer.Option("--x", help="x axis of --plot: round, time (elapsed_seconds), sim_seconds "
+                                     "(the simulated clock's time, for runs with client profiles), bytes (sent both "
+                                     "ways, cumulative; a log axis) or bytes-up (sent by the clients).")]
         = XAxis.round,
     format: Annotated[Format, typer.Option(
         "--format", help="table (rich), or markdown / csv / json on stdout for files and scripts.")]

@@ -61,6 +61,7 @@ _RUN = "Run and output"
 _ROBUST = "Robust aggregation and attacks"
 _DP = "Differential privacy"
 _CLOCK = "Simulated clock and asynchrony"
+_COMM = "Communication: compression and secure aggregation"
 
 
 def train(
@@ -153,6 +154,40 @@ def train(
                                                       "hash: runs given the same N draw the same noise (common random "
                                                       "numbers), so their difference is released without noise.",
                                                       rich_help_panel=_DP)] = None,
+    compress: Annotated[str | None, typer.Option(
+        metavar="CODEC", rich_help_panel=_COMM,
+        help="Encode what clients send (a model as its update): qsgd:B (QSGD, B bits a coordinate), int8, topk:F "
+             "or randk:F (a fraction F of each tensor's coordinates), sign (1 bit and a scale). bytes_up counts the "
+             "encoding exactly.")] = None,
+    bucket_size: Annotated[int | None, typer.Option(help="qsgd: coordinates per bucket, each with its norm "
+                                                    "(default 512).", rich_help_panel=_COMM)] = None,
+    error_feedback: Annotated[bool, typer.Option(
+        "--error-feedback", rich_help_panel=_COMM,
+        help="Each client keeps what the codec did not send and adds it next time (Stich et al. 2018, "
+             "Karimireddy et al. 2019).")] = False,
+    compress_down: Annotated[str | None, typer.Option(
+        metavar="CODEC", rich_help_panel=_COMM,
+        help="Encode the model the server broadcasts: qsgd:B or int8 (the round starts from the decoded "
+             "model).")] = None,
+    secure_agg: Annotated[str | None, typer.Option(
+        metavar="PROTOCOL", rich_help_panel=_COMM,
+        help="Simulated secure aggregation: secagg (Bonawitz et al. 2017, masks between all pairs) or secagg+ "
+             "(Bell et al. 2020, over a random graph); the server learns only the sum. bytes count its messages.")
+    ] = None,
+    secagg_bits: Annotated[int, typer.Option(help="Secure aggregation: bits of a field element (2-62); the "
+                                             "cohort's sum must fit.", rich_help_panel=_COMM)] = 32,
+    secagg_threshold: Annotated[int | None, typer.Option(
+        metavar="T", rich_help_panel=_COMM,
+        help="Secure aggregation: shares that rebuild a client's secret; fewer surviving holders fail the round "
+             "(default: a majority of the holders).")] = None,
+    secagg_neighbors: Annotated[int | None, typer.Option(
+        metavar="K", rich_help_panel=_COMM,
+        help="secagg+: each client's neighbours in the graph, even (default 2 ceil(log2 m), m clients a "
+             "round).")] = None,
+    secagg_range: Annotated[float, typer.Option(
+        metavar="R", rich_help_panel=_COMM,
+        help="Secure aggregation: each coordinate is clipped to [-R, R] before quantization (Flower's "
+             "default 8).")] = 8.0,
     rounds: Annotated[int, typer.Option(help="Communication rounds.", rich_help_panel=_ROUNDS)] = 20,
     fraction: Annotated[float, typer.Option(help="Fraction of clients trained per round, in (0, 1].",
                                             rich_help_panel=_ROUNDS)] = 1.0,

@@ -1,4 +1,4 @@
-"""Plotting: a group's curve over rounds (or time), and the curves of a Summary as an image.
+"""Plotting: a group's curve over rounds (or time, or bytes sent), and the curves of a Summary as an image.
 
 matplotlib loads only inside `plot_curves`."""
 
@@ -12,19 +12,24 @@ from fedsim.compare.groups import Group
 from fedsim.compare.summary import Summary, _group_status
 from fedsim.errors import FedsimError
 
-X_AXES = {"round": "round", "time": "elapsed time (s)", "sim_seconds": "simulated time (s)"}
+X_AXES = {"round": "round", "time": "elapsed time (s)", "sim_seconds": "simulated time (s)",
+          "bytes": "bytes sent, up and down (cumulative)", "bytes-up": "bytes sent by the clients (cumulative)"}
+COLUMN = {"time": "elapsed_seconds", "sim_seconds": "sim_seconds", "bytes": "bytes", "bytes-up": "bytes_up"}
 
 
 def curve(group: Group, metric: str, x: str = "round") -> pd.DataFrame:
     """Per round: mean and sample std of `metric` over the group's seeds, their count, and x (the round, or the
-    mean at that round of elapsed_seconds for x="time", of the simulated clock's sim_seconds for x="sim_seconds";
-    runs without that column are left out)."""
-    clock = "sim_seconds" if x == "sim_seconds" else "elapsed_seconds"
-    frames = [r.rows[["round", clock, metric]] for r in group.runs if metric in r.rows and clock in r.rows]
+    mean at that round of elapsed_seconds for x="time", of the simulated clock's sim_seconds for x="sim_seconds",
+    runs without that column left out; of the bytes sent both ways up to that round for x="bytes", of those the
+    clients sent for x="bytes-up": how compression papers compare)."""
+    column = COLUMN.get(x, "elapsed_seconds")
+    frames = [r.rows[["round", "elapsed_seconds", metric] + (["sim_seconds"] if "sim_seconds" in r.rows else [])]
+              .assign(bytes=(r.rows["bytes_up"] + r.rows["bytes_down"]).cumsum(), bytes_up=r.rows["bytes_up"].cumsum())
+              for r in group.runs if metric in r.rows and (x != "sim_seconds" or "sim_seconds" in r.rows)]
     data = pd.concat(frames).dropna(subset=[metric]) if frames else pd.DataFrame(
-        columns=["round", clock, metric], dtype=float)
+        columns=["round", "elapsed_seconds", "sim_seconds", metric, "bytes", "bytes_up"], dtype=float)
     stats = data.groupby("round").agg(mean=(metric, "mean"), std=(metric, "std"), count=(metric, "size"),
-                                      time=(clock, "mean")).reset_index()
+                                      time=(column, "mean")).reset_index()
     stats["x"] = stats["round"] if x == "round" else stats["time"]
     return stats
 
@@ -90,6 +95,8 @@ def plot_curves(summary: Summary, path: str | Path, x: str = "round") -> Path:
     ax.grid(True, alpha=0.3)
     if x == "round":
         ax.xaxis.get_major_locator().set_params(integer=True)
+    if x.startswith("bytes"):  # codecs differ by orders of magnitude in what they send
+        ax.set_xscale("log")
     if len(summary.groups) + (summary.target is not None) > 8:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:

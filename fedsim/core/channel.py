@@ -8,11 +8,18 @@ A client's round ends in a Message: named fields of tensors, each declared by it
     per-client  the server needs each client's own value (FedNova's local step count, FedAS's Fisher trace)
 
 The Channel passes the cohort's messages through its per-client stages in order (a malicious client's attack,
-local DP's clip and noise) and then one reducer (the weighted mean; DP's noised sum over the fixed cohort size;
-the median, trimmed mean, Krum), and the algorithm's `server_update` receives the Aggregate only: each summed
+local DP's clip and noise, a codec, secure aggregation's masking) and then one reducer (the weighted mean; DP's
+noised sum over the fixed cohort size; the median, trimmed mean, Krum; the secure sum of masked vectors), and
+the algorithm's `server_update` receives the Aggregate only: each summed
 field's mean and each per-client field's values. So whatever a stage or reducer guarantees (a DP bound, a robust
 filter) holds for every algorithm whose message it accepts, and which it accepts follows from the declarations:
 a stage or reducer that must see every value a client sends refuses a message with a per-client field.
+
+Bytes: every message carries its size on the wire (`Message.size`, set from the algorithm's count before the
+stages); a stage that changes how a message is encoded (a codec, masking) sets the size of what it sends, and
+the Aggregate sums them (`bytes_up`), with what the stages' and reducer's own protocol messages add both ways
+(secure aggregation's keys and shares: `bytes_down` beside the model the server broadcasts).
+
 Anchors: TensorFlow Federated's `tff.aggregators` (aggregation factories any algorithm takes), pfl-research's
 postprocessors (clipping, local and central DP on the user's statistics before the algorithm sees them).
 """
@@ -62,6 +69,7 @@ class Message:
     fields: dict
     loss: float = float("nan")
     round: int = 0
+    size: int | None = None  # bytes on the wire: the algorithm's count (run_round), a codec's after its stage
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,10 @@ class Aggregate:
     count: int  # the denominator of a uniform mean: the senders, or DP's fixed cohort size
     round: int
     info: dict = field(default_factory=dict)  # what the reducer reports for the CSV row (Krum's f this round)
+    bytes_up: int = 0  # what the cohort sent through the channel: the messages' sizes and protocol messages
+    bytes_down: int = 0  # what the channel's protocol sent the clients besides the server's broadcast
+    failed: str | None = None  # why nothing reached the server (secure aggregation below its threshold): the
+    #                            server update does not run and the server keeps its state
 
     def sum(self, name: str) -> State:
         """Σ over the senders of a uniformly weighted field: its mean times the denominator."""
@@ -112,7 +124,12 @@ class Channel:
     order, then `reducer` (`f(sends, messages, server, round) -> (means, count, info)`). A stage or reducer whose
     `needs_summed_only` is a reason (not None) refuses an algorithm that sends a per-client field. `nonnegative`:
     state keys (BN running variances) clamped at 0 in a centered mean, which noise may push below (a
-    post-processing: it keeps any guarantee)."""
+    post-processing: it keeps any guarantee).
+
+    A stage may declare `adds` (name -> Field: summed fields it adds to each message, which later stages and the
+    reducer see: DP's clip indicator under secure aggregation). The reducer's `info` may hold `bytes_up` and
+    `bytes_down`, what its protocol sent beyond the messages (taken out of `info` into the Aggregate's byte
+    counts), and `failed`, why nothing reached the server this round."""
 
     def __init__(self, stages: Sequence = (), reducer=None, nonnegative: Sequence[str] = ()):
         self.stages = tuple(stages)
@@ -126,16 +143,27 @@ class Channel:
         if problem:
             raise FedsimError(problem)
 
-    def reduce(self, sends: dict[str, Field], messages: Sequence[Message], server, round: int) -> Aggregate:
+    def encode(self, sends: dict[str, Field], messages: Sequence[Message], server, round: int):
+        """The stages alone: (the fields the messages now carry, the messages as sent). Each message's `size` is
+        then its size on the wire (what an event loop reads for a client's upload time)."""
         for stage in self.stages:
             messages = stage(sends, messages, server, round)
+            sends = {**sends, **getattr(stage, "adds", {})}
+        return sends, messages
+
+    def reduce(self, sends: dict[str, Field], messages: Sequence[Message], server, round: int) -> Aggregate:
+        sends, messages = self.encode(sends, messages, server, round)
         means, count, info = self.reducer(sends, messages, server, round)
+        info = dict(info)
+        extra_up, extra_down, failed = info.pop("bytes_up", 0), info.pop("bytes_down", 0), info.pop("failed", None)
+        up = sum(m.size or 0 for m in messages) + extra_up
         for name, spec in sends.items():
-            if spec.centered and self.nonnegative:
+            if spec.centered and self.nonnegative and name in means:
                 means[name] = {k: v.clamp_min(0) if k in self.nonnegative else v for k, v in means[name].items()}
         per = {name: [m.fields[name] for m in messages] for name, spec in sends.items() if spec.kind == PER_CLIENT}
         samples = tuple(m.num_samples for m in messages) if self.reducer.uses_samples else None
-        return Aggregate(means, per, tuple(m.client for m in messages), samples, count, round, info)
+        return Aggregate(means, per, tuple(m.client for m in messages), samples, count, round, info, up, extra_down,
+                         failed)
 
 
 def refusal(algorithm: str, sends: dict[str, Field], users: Sequence[tuple[str, str | None]]) -> str | None:

@@ -19,6 +19,10 @@ EVAL_SAMPLE, EVAL_CLIENTS = 11, 12  # --eval-sample's test rows, --eval-clients'
 SPEED, BANDWIDTH, AVAILABILITY = 13, 14, 15  # the simulated clock (fedsim.engine.profiles): client speeds and
 #                                              bandwidths (seed), availability (seed: diurnal phases; round: Bernoulli)
 GENERATOR = 16  # FedGen: the server's draws of labels and noise training its generator (round)
+CODEC, DOWNLINK = 17, 18  # fedsim.comm: a stochastic codec's draws (run key, round, client); the broadcast's (round)
+SECAGG_ROUNDING, SECAGG_PAIR, SECAGG_SELF, SECAGG_GRAPH = 19, 20, 21, 22  # fedsim.comm.secagg: a client's
+#   stochastic rounding (run key, round, client), a pair's mask seed (run key, round, u, v), a client's own mask
+#   (run key, round, client), SecAgg+'s graph (run key, round)
 
 
 def keyed_rng(purpose: int, seed: int, *keys: int) -> np.random.Generator:

@@ -2,7 +2,8 @@
 
     jobs      = algorithm.client_job(...) for each client of the cohort   (what each client starts from)
     results   = executor.train(phases, jobs)                             (local training, any executor)
-    messages  = algorithm.client_finish(...) for each result              (what the client keeps and sends)
+    messages  = algorithm.client_finish(...) for each result              (what the client keeps and sends,
+                                                                          its size as the algorithm counts it)
     messages  = ranks.gather(...)    under torchrun: each process trained a share; all get the whole cohort's
     aggregate = channel.reduce(algorithm.sends, messages, server, round)  (stages, then the reducer)
     server    = algorithm.server_update(server, aggregate)                (sees the aggregate only)
@@ -24,7 +25,8 @@ from fedsim.errors import DivergenceError
 @dataclass(frozen=True)
 class RoundResult:
     server: ServerState  # the server state after the round
-    sent: list[Message]  # what the cohort's clients sent and the round counts, before the channel's stages
+    sent: list[Message]  # what the cohort's clients sent and the round counts, before the channel's stages (`size`:
+    #                      the algorithm's count of its bytes)
     aggregate: Aggregate | None  # what the server update received; None when no client sent
     trained: list[ClientResult]  # the clients' trained states (this process's share under torchrun): never sent
     late: list[Message] = field(default_factory=list)  # sent, but after the round closed (`deliver`): not counted
@@ -53,7 +55,8 @@ def run_round(algorithm, executor, server: ServerState, store: ClientStore, coho
         jobs.append(job)
     results = executor.train(algorithm.phases(), jobs, round, lr)
     bad = first_diverged(results)
-    sent = [] if bad is not None else [algorithm.client_finish(server, store, res) for res in results]
+    sent = [] if bad is not None else [sized(algorithm, server, algorithm.client_finish(server, store, res))
+                                       for res in results]
     if ranks is not None:  # the whole cohort's, on every process (the first diverged client of the cohort)
         device = next(iter(server.model.values())).device
         bad, sent = ranks.gather(cohort, bad, sent, store, round, device)
@@ -79,7 +82,15 @@ def update_server(algorithm, server: ServerState, messages: list[Message], round
     if not messages:  # every client failed or was dropped: nothing to aggregate
         return replace(server, round=round), None
     aggregate = (channel or Channel()).reduce(algorithm.sends, messages, server, round)
+    if aggregate.failed:  # the protocol delivered nothing (secure aggregation below its threshold)
+        return replace(server, round=round), aggregate
     return replace(algorithm.server_update(server, aggregate), round=round), aggregate
+
+
+def sized(algorithm, server: ServerState, message: Message) -> Message:
+    """`message` with its size on the wire as the algorithm counts it (`bytes_up_of`: its fields' tensors; FedProto's
+    prototypes, as many as the client's classes); the channel's stages may change it (a codec's encoding)."""
+    return message if message.size is not None else replace(message, size=algorithm.bytes_up_of(server, message))
 
 
 def diverged(round: int, client: int | None, last_finite: float, lr: float):

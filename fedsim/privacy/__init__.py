@@ -65,12 +65,13 @@ class Privacy:
 
 
 def install_privacy(config, population: int, cohort: int, noise_key: int) -> Privacy | None:
-    """The run's DP (None without): the channel's reducer and local DP's stage, the accountant, the record.
+    """The run's DP (None without): the channel's reducer and its stages (local DP's noise; under --secure-agg,
+    central DP's clipping on the client, since the server sees only the masked sum), the accountant, the record.
     `population`: clients with data (N); `cohort`: clients a round (m); `noise_key`: keys the noise draws."""
     if not enabled(config):
         return None
     from fedsim.privacy.accountant import Accountant, Accounting, noise_for_budget
-    from fedsim.privacy.aggregation import DPReducer, LocalNoise
+    from fedsim.privacy.aggregation import ClientClip, DPReducer, LocalNoise
 
     delta = config.dp_delta if config.dp_delta is not None else default_delta(population)
     if delta >= 1 / population and not config.quiet:
@@ -92,6 +93,8 @@ def install_privacy(config, population: int, cohort: int, noise_key: int) -> Pri
                           "more clients a round, or a larger budget")
     reducer = DPReducer(config.dp_mode, clip, noise, cohort, noise_key, config.dp_clip_quantile)
     stages = (LocalNoise(clip, noise, noise_key),) if config.dp_mode == "local" else ()
+    if config.dp_mode == "central" and config.secure_agg is not None:
+        stages = (ClientClip(reducer),)
     accounting = Accounting(config.dp_mode, population, cohort, noise, delta)
     record = {"mode": config.dp_mode, "clip": config.dp_clip, "noise_multiplier": noise,
               "noise_from": "--dp-epsilon" if config.dp_noise is None else "--dp-noise",
@@ -103,6 +106,8 @@ def install_privacy(config, population: int, cohort: int, noise_key: int) -> Pri
                             else "the run's identity"),
               "protected": "everything the clients send through the channel, as one clipped vector; integer "
                            "buffers keep the global model's value",
+              "clipped_by": "each client" if config.dp_mode == "local" else
+              "each client (--secure-agg: the server sees only the masked sum)" if config.secure_agg else "the server",
               **accounting.describe()}
     if clip is None:
         record.update(clip_quantile=config.dp_clip_quantile, clip_initial=reducer.clip,

@@ -32,12 +32,13 @@ from __future__ import annotations
 import math
 
 from fedsim.core import rng
-from fedsim.core.channel import stack_updates, unstack, with_fields
+from fedsim.core.channel import UNIFORM, stack_updates, summed, unstack, with_fields
 
 ADAPTIVE_INITIAL_CLIP = 0.1  # Andrew et al.'s C_0
 ADAPTIVE_CLIP_LR = 0.2  # η_C
 SUMMED_ONLY = "it clips and noises everything a client sends as one vector"
 NEEDS_COHORT = "it hides each client's update in the noised sum of a cohort's"  # central mode
+UNCLIPPED = "dp_unclipped"  # under secure aggregation with adaptive clipping: 1 where a client's update was not clipped
 
 
 def clip_rows(updates, clip: float):
@@ -66,6 +67,7 @@ class DPReducer:
     name = "differential privacy"
     needs_summed_only = SUMMED_ONLY
     uses_samples = False
+    added = (UNCLIPPED,)  # the field ClientClip adds under secure aggregation (adaptive clipping)
 
     def __init__(self, mode: str, clip: float | None, noise: float, cohort: int, key: int, quantile: float = 0.5):
         self.mode, self.cohort, self.key, self.quantile = mode, cohort, key, quantile
@@ -81,19 +83,33 @@ class DPReducer:
 
     def __call__(self, sends, messages, server, round: int):
         updates, parts = stack_updates(sends, messages, server.model)
-        clip = self.clip
         if self.mode == "local":  # clipped and noised by each client before sending
-            total = updates.sum(0)
+            total = self.noised(updates.sum(0), None, round)
         else:
-            clipped, norms = clip_rows(updates, clip)
-            total = clipped.sum(0) + gaussian(updates.shape[1], self.update_noise * clip, updates.device,
-                                              rng.DP_NOISE, self.key, round)
+            clipped, norms = clip_rows(updates, self.clip)
+            total = self.noised(clipped.sum(0), float((norms <= self.clip).sum()), round)
+        return unstack(sends, messages[0], parts, total / self.cohort, server.model), self.cohort, {}
+
+    def reduce_sum(self, sends, template, parts, total, added: dict, server, round: int):
+        """The same from the sum of the updates the clients clipped themselves (`ClientClip`, or local DP's
+        `LocalNoise`), unmasked by secure aggregation: `total` laid out as `parts`, `added` the sums of the fields
+        `ClientClip` added (the count of unclipped updates, for adaptive clipping)."""
+        unclipped = float(added[UNCLIPPED].sum()) if UNCLIPPED in added else None
+        total = self.noised(total, unclipped, round)
+        return unstack(sends, template, parts, total / self.cohort, server.model), self.cohort, {}
+
+    def noised(self, total, unclipped: float | None, round: int):
+        """The sum of the clipped updates with central DP's noise, and adaptive clipping's step from the number
+        of updates that were not clipped (`unclipped`); local DP's sum as it is."""
+        clip = self.clip
+        if self.mode != "local":
+            total = total + gaussian(total.shape[0], self.update_noise * clip, total.device, rng.DP_NOISE,
+                                     self.key, round)
             if self.adaptive:
-                unclipped = float((norms <= clip).sum()) + float(
-                    gaussian(1, self.count_std, "cpu", rng.DP_COUNT, self.key, round)[0])
+                unclipped += float(gaussian(1, self.count_std, "cpu", rng.DP_COUNT, self.key, round)[0])
                 self.clip = clip * math.exp(-ADAPTIVE_CLIP_LR * (unclipped / self.cohort - self.quantile))
         self.used_clip = clip
-        return unstack(sends, messages[0], parts, total / self.cohort, server.model), self.cohort, {}
+        return total
 
     def state(self) -> dict:
         return {"clip": self.clip, "noise": self.noise}
@@ -121,4 +137,32 @@ class LocalNoise:
             noisy = update + gaussian(update.numel(), self.noise * self.clip, update.device, rng.DP_LOCAL_NOISE,
                                       self.key, round, m.client)
             out.append(with_fields(m, **unstack(sends, m, parts, noisy, server.model)))
+        return out
+
+
+class ClientClip:
+    """Central DP under secure aggregation, a channel stage: the server cannot clip a masked vector, so each
+    client clips its update (every summed field, as `DPReducer`) to the server's current C before masking, and
+    the server noises the unmasked sum (`DPReducer.reduce_sum`). With adaptive clipping each client also sends
+    whether its update was within C, a field the secure sum adds up like the others."""
+
+    name = "differential privacy (clipped on the client under --secure-agg)"
+    needs_summed_only = SUMMED_ONLY
+
+    def __init__(self, reducer: DPReducer):
+        self.reducer = reducer
+        self.adds = {UNCLIPPED: summed("1 if the update was within the clip norm", weight=UNIFORM)} \
+            if reducer.adaptive else {}
+
+    def __call__(self, sends, messages, server, round: int):
+        import torch
+
+        updates, parts = stack_updates(sends, messages, server.model)
+        clipped, norms = clip_rows(updates, self.reducer.clip)
+        out = []
+        for m, update, norm in zip(messages, clipped, norms, strict=True):
+            fields = unstack(sends, m, parts, update, server.model)
+            if self.adds:
+                fields[UNCLIPPED] = {"count": torch.tensor([float(norm <= self.reducer.clip)], device=update.device)}
+            out.append(with_fields(m, **fields))
         return out
