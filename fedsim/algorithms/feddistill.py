@@ -30,9 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from fedsim.algorithms import classwise
 from fedsim.algorithms.fedavg import FedAvg
-from fedsim.algorithms.fedproto import CHUNK, LABEL_BYTES
-from fedsim.core.channel import UNIFORM, Message, summed
 from fedsim.core.hooks import Phase, ServerState
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
@@ -55,8 +54,7 @@ class FedDistill(FedAvg):
     personalized = True
     Params = FedDistillParams
     # the server's logits of a class are Σ l_i·[holds] / Σ [holds] over the cohort: two uniform means
-    sends = {"logits": summed("its per-class mean logits (zero rows for classes it lacks)", weight=UNIFORM),
-             "holds": summed("which classes it holds (1 or 0 per class)", weight=UNIFORM)}
+    sends = classwise.sends("logits", "mean logits")
 
     def __init__(self, config, keys, population: int = 1):
         super().__init__(config, keys, population)
@@ -90,47 +88,30 @@ class FedDistill(FedAvg):
 
     def client_finish(self, server, store, result):
         store.put(result.client, result.states[-1])
-        logits, has = self.mean_logits(result.states[-1], result.client, server.extra["has"].shape[0])
-        holds = has.to(logits.dtype)
-        return Message(result.client, result.num_samples, {"logits": {"logits": logits * holds[:, None]},
-                                                           "holds": {"holds": holds}}, result.loss, result.round)
+        logits, held = self.mean_logits(result.states[-1], result.client, server.extra["has"].shape[0])
+        return classwise.message(result, "logits", logits, held)
 
     def server_update(self, server, aggregate):
-        sums, holders = aggregate.means["logits"]["logits"], aggregate.means["holds"]["holds"]
-        # a class is held where at least half a client holds it (as FedProto: robust to DP's noised counts)
-        has = holders * aggregate.count >= 0.5
-        logits = sums / holders.clamp(min=0.5 / aggregate.count)[:, None]
-        return replace(server, extra={**server.extra, "logits": logits * has[:, None], "has": has})
+        logits, has = classwise.holders_mean(aggregate, "logits")
+        return replace(server, extra={**server.extra, "logits": logits, "has": has})
 
     def mean_logits(self, state, client: int, classes: int):
         """(classes x classes mean logits, which classes the client holds): per class over its training samples,
         eval mode."""
-        import torch
-        import torch.nn.functional as F
         from torch.func import functional_call
 
-        idx, sums, counts = self.data.of(client), 0, 0
-        self.model.eval()
-        with torch.no_grad():
-            for start in range(0, len(idx), CHUNK):
-                batch = idx[start : start + CHUNK]
-                logits = functional_call(self.model, state, (self.data.x[batch],))
-                onehot = F.one_hot(self.data.y[batch], classes).to(logits.dtype)
-                sums, counts = sums + onehot.T @ logits, counts + onehot.sum(0)
-        return sums / counts.clamp(min=1)[:, None], counts > 0
+        return classwise.class_means(self.model, self.data, client, classes,
+                                     lambda x: functional_call(self.model, state, (x,)))
 
     def personal_model(self, server, store, client):
         return store.get(client)
 
-    def logit_bytes(self, has, logits) -> int:
-        return int(has.sum()) * (logits.shape[1] * logits.element_size() + LABEL_BYTES)
-
     def bytes_up_of(self, server, message) -> int:
         """A client sends one logit vector (and its label) per class it holds."""
-        return self.logit_bytes(message.fields["holds"]["holds"] > 0, message.fields["logits"]["logits"])
+        return classwise.message_bytes(message, "logits")
 
     def bytes_down(self, server):
-        return self.logit_bytes(server.extra["has"], server.extra["logits"])
+        return classwise.vector_bytes(server.extra["has"], server.extra["logits"])
 
 
 def distill_loss(target: str):

@@ -31,16 +31,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from fedsim.algorithms import classwise
 from fedsim.algorithms.fedas import features_and_logits
 from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedper import head_params, linear_head
-from fedsim.core.channel import UNIFORM, Message, summed
 from fedsim.core.hooks import Phase, ServerState
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
-
-CHUNK = 4096  # samples per forward pass when computing prototypes
-LABEL_BYTES = 8  # each prototype travels with its class label, an int64
 
 
 @dataclass(frozen=True)
@@ -58,8 +55,7 @@ class FedProto(FedAvg):
     personalized = True
     Params = FedProtoParams
     # the server's prototype of a class is Σ p_i·[holds] / Σ [holds] over the cohort: two uniform means
-    sends = {"prototypes": summed("its per-class prototypes (zero rows for classes it lacks)", weight=UNIFORM),
-             "holds": summed("which classes it holds (1 or 0 per class)", weight=UNIFORM)}
+    sends = classwise.sends("prototypes", "prototypes")
 
     def __init__(self, config, keys, population: int = 1):
         self.head_modules = sorted({k.rpartition(".")[0] for k in head_params(keys, self.name)})
@@ -104,33 +100,17 @@ class FedProto(FedAvg):
 
     def client_finish(self, server, store, result):
         store.put(result.client, result.states[-1])
-        prototypes, has = self.prototypes(result.states[-1], result.client, server.extra["has"].shape[0])
-        holds = has.to(prototypes.dtype)
-        return Message(result.client, result.num_samples, {"prototypes": {"prototypes": prototypes * holds[:, None]},
-                                                           "holds": {"holds": holds}}, result.loss, result.round)
+        prototypes, held = self.prototypes(result.states[-1], result.client, server.extra["has"].shape[0])
+        return classwise.message(result, "prototypes", prototypes, held)
 
     def server_update(self, server, aggregate):
-        sums, holders = aggregate.means["prototypes"]["prototypes"], aggregate.means["holds"]["holds"]
-        # a class is held where at least half a client holds it: exactly the classes some client holds, unless
-        # DP's noise moved the count (then it keeps tiny noised counts from dividing the prototypes up)
-        has = holders * aggregate.count >= 0.5
-        prototypes = sums / holders.clamp(min=0.5 / aggregate.count)[:, None]
-        return replace(server, extra={**server.extra, "prototypes": prototypes * has[:, None], "has": has})
+        prototypes, has = classwise.holders_mean(aggregate, "prototypes")
+        return replace(server, extra={**server.extra, "prototypes": prototypes, "has": has})
 
     def prototypes(self, state, client: int, classes: int):
         """(classes x d prototypes, which classes the client holds): its mean features per class, eval mode."""
-        import torch
-        import torch.nn.functional as F
-
-        idx, sums, counts = self.data.of(client), 0, 0
-        self.model.eval()
-        with torch.no_grad():
-            for start in range(0, len(idx), CHUNK):
-                batch = idx[start : start + CHUNK]
-                feats, _ = features_and_logits(self.model, state, self.data.x[batch], self.head_modules)
-                onehot = F.one_hot(self.data.y[batch], classes).to(feats.dtype)
-                sums, counts = sums + onehot.T @ feats, counts + onehot.sum(0)
-        return sums / counts.clamp(min=1)[:, None], counts > 0
+        return classwise.class_means(self.model, self.data, client, classes, lambda x: features_and_logits(
+            self.model, state, x, self.head_modules)[0])
 
     def personal_model(self, server, store, client):
         """The client's model; under --proto-predict prototype, with its Linear head replaced by one whose largest
@@ -146,12 +126,9 @@ class FedProto(FedAvg):
         bias = torch.where(has, -(protos**2).sum(1), torch.full_like(protos[:, 0], far))
         return {**own, f"{self.head}.weight": 2 * protos, f"{self.head}.bias": bias}
 
-    def prototype_bytes(self, has, prototypes) -> int:
-        return int(has.sum()) * (prototypes.shape[1] * prototypes.element_size() + LABEL_BYTES)
-
     def bytes_up_of(self, server, message) -> int:
         """A client sends one prototype (and its label) per class it holds."""
-        return self.prototype_bytes(message.fields["holds"]["holds"] > 0, message.fields["prototypes"]["prototypes"])
+        return classwise.message_bytes(message, "prototypes")
 
     def bytes_down(self, server):
-        return self.prototype_bytes(server.extra["has"], server.extra["prototypes"])
+        return classwise.vector_bytes(server.extra["has"], server.extra["prototypes"])
