@@ -248,8 +248,14 @@ def evaluate(exp: Experiment, server, store, round: int, lr: float) -> dict:
     CPU thread count (every core where that is faster, or --threads), not the training's."""
     if exp.eval_threads is None:
         exp.eval_threads = evaluation_threads(exp.config.threads)
-    with evaluating_on(exp.eval_threads):
-        return _evaluate(exp, server, store, round, lr, evaluation_plan(exp))
+
+    def on_its_threads():
+        with evaluating_on(exp.eval_threads):
+            return _evaluate(exp, server, store, round, lr, evaluation_plan(exp))
+
+    # a sweep's stack computes where its training runs (fedsim/stacking.py: one thread, one OpenMP team)
+    compute = getattr(exp.executor, "compute", None)
+    return on_its_threads() if compute is None else compute(on_its_threads)
 
 
 def _evaluate(exp: Experiment, server, store, round: int, lr: float, plan) -> dict:

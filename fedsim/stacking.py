@@ -3,9 +3,16 @@ cohorts) or one after another (one call per run), whichever timing shows is fast
 
 Each run of a stack is `fedsim.run` in a thread of its own whose executor is the stack's member for that run
 (`Stack.factory`). Only one thread computes at a time: a run holds the turn, and gives it up only while it waits
-for the others in `Stack.train`, so the runs' setup and evaluation happen one after another, as in a loop. When
-every running run has handed in its cohort for the round, the last one trains them all, each job keyed by its own
-run's seed and reading its own run's rows of the shared data. Whether one call or one per run, each client's
+for the others in `Stack.train`, so the runs' setup happen one after another, as in a loop. When every running
+run has handed in its cohort for the round, the stack trains them all, each job keyed by its own run's seed and
+reading its own run's rows of the shared data.
+
+Every training call and every evaluation (`Stack.compute`) runs on the sweep's main thread (`Stack.serve`), and
+the runs' own threads keep torch at one thread: torch's CPU threads are OpenMP teams, one per calling thread, and
+a second team, even idle, slowed the first by 1.4-2.4x on a 2-core machine (the same W-small run took 1.6x as
+long in a thread of its own as on the main thread once the main thread had used torch; measured with
+scripts/profile_stack.py). With one computing thread a stack's call one run after another costs what the runs
+alone cost. Whether one call or one per run, each client's
 arithmetic is the same (the vmap executor takes every client's optimizer numbers as per-client tensors), so each
 run's numbers are those of the run alone.
 
@@ -152,9 +159,9 @@ class Stack:
         self.executor = None  # the real executor, built by the first run's setup
         self.threads: dict[str, object] = {}  # each way's ThreadChooser: one call per run has fewer clients
         self.chooser, self.clock = chooser, clock
-        self.threads_now: int | None = None  # the thread count the last call trained on
         self.ways: set[str] = set()  # the ways it has trained
         self.stopping = False
+        self.due: list[Callable[[], None]] = []  # work the runs handed to the main thread (`serve`)
 
     def factory(self, index: int, seed: int) -> Callable:
         """An `executor_factory` for run `index` (see fedsim.experiment.setup)."""
@@ -188,6 +195,9 @@ class Stack:
             raise KeyboardInterrupt
         for job in jobs:
             job.rows, job.seed, job.optimizer = member.rows + job.client, member.seed, {**member.optimizer, "lr": lr}
+        if threading.current_thread() is threading.main_thread():  # inside `compute` (an evaluation's fine-tuning)
+            self.executor.threads = self.threads[APART]
+            return self.executor.train(phases, jobs, round, lr)
         self.pending[member.index] = (phases, jobs, round, lr)
         self._train_if_all_in()
         while member.index not in self.results:
@@ -197,8 +207,34 @@ class Stack:
         result = self.results.pop(member.index)
         if isinstance(result, BaseException):
             raise result
-        self._threads_as_trained()
         return result
+
+    def compute(self, fn: Callable[[], object]):
+        """`fn()` run on the main thread (see the module docstring), from a run's thread holding the turn."""
+        box: list = []
+
+        def job():
+            try:
+                box.append((True, fn()))
+            except BaseException as e:  # noqa: BLE001  (raised in the run's thread)
+                box.append((False, e))
+
+        self.due.append(job)
+        self.turn.notify_all()
+        while not box:
+            self.turn.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def serve(self, timeout: float) -> None:
+        """On the main thread, holding the turn: the work the runs handed over, or a wait of up to `timeout`."""
+        if not self.due:
+            self.turn.wait(timeout)
+        while self.due:
+            self.due.pop(0)()
+            self.turn.notify_all()
 
     def leave(self, index: int) -> None:
         """Run `index` has ended (finished, stopped or diverged): the others no longer wait for it."""
@@ -219,11 +255,15 @@ class Stack:
         by_round: dict[int, dict[int, tuple]] = {}  # a run evaluating (personalization's key) beside one training
         for index, args in batches.items():
             by_round.setdefault(args[2], {})[index] = args
-        for group in by_round.values():
-            try:
-                self._train(group)
-            except BaseException as e:  # every run of the call gets the error (one line where it is a FedsimError)
-                self.results.update(dict.fromkeys(group, e))
+
+        def train_all():
+            for group in by_round.values():
+                try:
+                    self._train(group)
+                except BaseException as e:  # noqa: BLE001  (every run of the call gets it; one line if FedsimError)
+                    self.results.update(dict.fromkeys(group, e))
+
+        self.due.append(train_all)
         self.turn.notify_all()
 
     def _train(self, batches: dict[int, tuple]) -> None:
@@ -254,16 +294,8 @@ class Stack:
             results = {index: self.executor.train(*args) for index, args in batches.items()}
         seconds = self.clock() - start
         self.results.update(results)
-        self.threads_now = self.threads[way].current
         self.ways.add(way)
         return seconds, sum(sum(r.steps) for rs in results.values() for r in rs)
-
-    def _threads_as_trained(self) -> None:
-        """torch's thread count is each thread's own: a run evaluates on the count its round trained on, as alone."""
-        import torch
-
-        if self.threads_now is not None and torch.get_num_threads() != self.threads_now:
-            torch.set_num_threads(self.threads_now)
 
     def record(self) -> dict:
         """For the sweep file: how the stack trains and why, and each way's thread count."""
@@ -286,7 +318,7 @@ class _Member:
 
     def __post_init__(self):
         real, chooser = self.stack.executor, self.stack.chooser
-        self.name, self.threads = real.name, real.threads
+        self.name, self.threads = real.name, _OneThreadHere(real.threads)
         how = "trained together with the other runs of its sweep stack" if chooser.fixed == TOGETHER else \
             "trained together with the other runs of its sweep stack or one run after another, as timing chose " \
             "(the sweep file's stacks)"
@@ -294,3 +326,22 @@ class _Member:
 
     def train(self, phases, jobs, round, lr):
         return self.stack.train(self, phases, jobs, round, lr)
+
+    def compute(self, fn):
+        return self.stack.compute(fn)
+
+
+class _OneThreadHere:
+    """The executor's ThreadChooser as a run's thread sees it: its count applies where the stack computes (the main
+    thread); `apply` in the run's own thread keeps torch there at one thread (no second OpenMP team)."""
+
+    def __init__(self, chooser):
+        self.chooser = chooser
+
+    def __getattr__(self, name):
+        return getattr(self.chooser, name)
+
+    def apply(self) -> None:
+        import torch
+
+        torch.set_num_threads(1)

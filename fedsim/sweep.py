@@ -471,6 +471,9 @@ def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Calla
     errors: list[BaseException] = []
 
     def thread(i: int) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # the stack computes on the main thread: no second OpenMP team (fedsim/stacking.py)
         with stack.turn:
             try:
                 one(i, runs[i], plans[i])
@@ -486,11 +489,13 @@ def _run_stack(runs: list[SweepRun], plans: list[tuple], dataset, changed: Calla
     with _interrupts_as_a_flag() as interrupted:
         for t in threads:
             t.start()
-        for t in threads:
-            while t.is_alive():
+        with stack.turn:  # this thread computes what the runs hand over (their training and evaluation)
+            while any(t.is_alive() for t in threads):
                 if interrupted.is_set() and not stack.stopping:
                     stack.stop()  # each run stops at its next round, checkpointed; its thread ends
-                t.join(timeout=0.1)
+                stack.serve(timeout=0.1)
+        for t in threads:
+            t.join()
     record.update(stack.record())
     if interrupted.is_set() or any(isinstance(e, KeyboardInterrupt) for e in errors):
         raise KeyboardInterrupt
