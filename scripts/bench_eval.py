@@ -93,7 +93,8 @@ def commands(data_dir: str, checkouts: list[str]) -> None:
                 env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
                 args = [sys.executable, "-m", "fedsim", "train", *COMMAND, "--data-dir", data_dir, "--out-dir", out,
                         "--name", "bench", "--overwrite", "--quiet", *extra]
-                result = subprocess.run(args, env=env, capture_output=True, text=True)
+                # in the checkout: `python -m` puts the current folder first, ahead of PYTHONPATH
+                result = subprocess.run(args, env=env, capture_output=True, text=True, cwd=checkout)
                 if result.returncode:
                     seconds = f"failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else '?'}"
                 else:
