@@ -63,7 +63,9 @@ def plot_curves(summary: Summary, path: str | Path, x: str = "round") -> Path:
         raise FedsimError("--x sim_seconds: no run has the simulated clock's sim_seconds (train with client profiles: "
                           "--speed, --bandwidth or --profiles)")
     path = check_plot_path(path)
-    fig = Figure(figsize=(9, 5.5), dpi=150, layout="constrained")
+    labels = [f"{g.name} (n={g.n})" for g in summary.groups]
+    below = max(map(len, labels), default=0) > 60  # long labels go under the plot, where they cannot hide a curve
+    fig = Figure(figsize=(9, 5.5 + (0.2 * (len(labels) + 1) if below else 0)), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     cmap = colormaps["tab10" if len(summary.groups) <= 10 else "tab20"]
@@ -88,8 +90,8 @@ def plot_curves(summary: Summary, path: str | Path, x: str = "round") -> Path:
     if summary.target is not None:
         ax.axhline(summary.target, color="0.3", ls="--", lw=1.2, label=f"target {summary.target:g}")
     direction = "lower" if summary.lower_is_better else "higher"
-    ax.set_title(f"{summary.metric} vs {X_AXES[x].removesuffix(' (s)')} "
-                 f"(mean ± sample std over seeds; {direction} is better)")
+    ax.set_title(f"{summary.metric} vs {X_AXES[x].removesuffix(' (s)')}\n"
+                 f"mean ± sample std over seeds; {direction} is better", fontsize="medium")
     ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(summary.metric)
     ax.grid(True, alpha=0.3)
@@ -97,7 +99,9 @@ def plot_curves(summary: Summary, path: str | Path, x: str = "round") -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
     if x.startswith("bytes"):  # codecs differ by orders of magnitude in what they send
         ax.set_xscale("log")
-    if len(summary.groups) + (summary.target is not None) > 8:
+    if below:
+        fig.legend(fontsize="small", loc="outside lower center")
+    elif len(summary.groups) + (summary.target is not None) > 8:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         ax.legend(fontsize="small", loc="best")
