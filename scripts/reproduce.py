@@ -140,7 +140,8 @@ _PFLLIB = {"fedavg": (85.85, 0.19), "fedprox": (85.63, 0.57), "fedgen": (84.90, 
            "gpfl": (97.81, 0.09), "feddbe": (97.69, 0.05), "feddistill": (97.43, 0.04), "fedproto": (97.40, 0.02)}
 _PFLLIB_LIKE = {"fedrod": {"rod_schedule": "batch"},
                 "fedproto": {"proto_predict": "prototype"}, "fedala": {"ala_eval": "start"},
-                "pfedme": {"pfedme_eval": "global", "pfedme_theta": "warm"}, "fedamp": {"amp_lam": 0.0}}
+                "pfedme": {"pfedme_eval": "global", "pfedme_theta": "warm"}, "fedamp": {"amp_lam": 0.0},
+                "apple": {"apple_upload": "personalized"}}
 
 
 def _pfllib_rows() -> list[Row]:

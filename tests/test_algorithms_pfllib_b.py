@@ -406,3 +406,19 @@ def test_cli_checks_the_new_options(tmp_path):
     result = CliRunner().invoke(app, ["train", "--algo", "fedrod", "--rod-schedule", "epoch", "--out-dir",
                                       str(tmp_path)])
     assert result.exit_code == 2 and "--rod-schedule must be one of phase, batch" in result.output
+
+
+def test_apple_personalized_upload_sends_the_clients_mixture_as_its_core_as_pfllib():
+    from fedsim.algorithms.apple import APPLE, DR
+
+    torch.manual_seed(0)
+    data = tiny_data(sizes=(4, 6, 5))
+    sim = Sim(APPLE, Net(), data, lr=0.1, apple_dr_lr=0.5, apple_upload="personalized")
+    sim.step([0, 1, 2])
+    before = {c: {k: sim.server.extra["cores"][k][c].clone() for k in PARAMS} for c in range(3)}
+    _, (result,) = sim.step([0])
+    p, trained = result.states[-1][DR], result.states[-1]
+    mixed = {k: p[0] * trained[k] + p[1] * before[1][k] + p[2] * before[2][k] for k in PARAMS}
+    close({k: sim.server.extra["cores"][k][0] for k in PARAMS}, mixed)
+    for c in (1, 2):
+        close({k: sim.server.extra["cores"][k][c] for k in PARAMS}, before[c])

@@ -1,13 +1,13 @@
 """Evaluation in eval() mode: the global model on the test split, each client's model on its test slice.
 
-Evaluation runs under `torch.inference_mode` in batches of `eval_batch` rows (4,096 on a GPU; 256 on a CPU, where
-the char-LSTM evaluated 16% faster and the CNN on MNIST 2x faster in batches of 256 than of 4,096 on a 2-core VM, the
-2NN within 10%; and a small batch keeps the thread probe below cheap: a few batches of a fraction of a second), with its own CPU thread count, whatever
-training chose (the sequential executor keeps one thread: one client's small steps gain nothing from a second core,
-while a batch of thousands of rows does): `--threads N`, else chosen by timing its batches on one thread and on
-every core (engine/threads.py's ThreadChooser), which gives every core on an idle machine and one thread where
-another process holds a core (on a shared 2-core VM under other jobs' load, every core took 1.5x as long as one
-thread on Shakespeare's char-LSTM).
+Evaluation runs under `torch.inference_mode` in batches of `eval_batch` rows: 4,096 on a GPU; 256 on a CPU, where
+the char-LSTM evaluated 16% faster and the CNN on MNIST 2x faster in batches of 256 than of 4,096 on a 2-core VM,
+the 2NN within 10%, and a small batch keeps the thread probe below cheap (a few batches of a fraction of a second).
+It has its own CPU thread count, whatever training chose (the sequential executor keeps one thread: one client's
+small steps gain nothing from a second core, while a batch of hundreds of rows does): `--threads N`, else chosen
+by timing its batches on one thread and on every core (engine/threads.py's ThreadChooser), which gives every core
+on an idle machine and one thread where another process holds a core (on a shared 2-core VM under other jobs'
+load, every core took 1.5x as long as one thread on Shakespeare's char-LSTM).
 
 `--eval-sample` and `--eval-clients` (as TensorFlow Federated's StackOverflow and FedScale's evaluations) measure a
 part instead of all of it, drawn once from the run's seed (`EvalPlan`): the same rows and clients every round,
