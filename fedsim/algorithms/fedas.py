@@ -31,13 +31,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedsim.algorithms import classwise
 from fedsim.algorithms.fedper import FedPer
 from fedsim.core.channel import MODEL, per_client, summed
 from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
 from fedsim.core.state import clone
-
-CHUNK = 4096  # samples per forward pass when computing prototypes
 
 
 @dataclass(frozen=True)
@@ -93,18 +92,8 @@ class FedAS(FedPer):
     # --- the client-side computations (torch loads here: the algorithm's declarations stay light) ---------
     def prototypes(self, state, client: int):
         """(classes, features): per-class mean features of the client's data under `state` (eval mode)."""
-        import torch
-        import torch.nn.functional as F
-
-        idx, sums, counts = self.data.of(client), 0, 0
-        self.model.eval()
-        with torch.no_grad():
-            for start in range(0, len(idx), CHUNK):
-                batch = idx[start : start + CHUNK]
-                feats, logits = features_and_logits(self.model, state, self.data.x[batch], self.head_modules)
-                onehot = F.one_hot(self.data.y[batch], logits.shape[1]).to(feats.dtype)
-                sums, counts = sums + onehot.T @ feats, counts + onehot.sum(0)
-        return sums / counts.clamp(min=1)[:, None]
+        return classwise.class_means(self.model, self.data, client, lambda x: features_and_logits(
+            self.model, state, x, self.head_modules))[0]
 
     def alignment_loss(self, model, state, x, y, ctx):
         """Σ over the batch's classes of MSE(features of the class's samples, its prototype), scaled to the

@@ -28,13 +28,11 @@ The reported train loss includes the λ term (as PFLlib's). --freeze-base is ref
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fedsim.algorithms import classwise
-from fedsim.algorithms.fedavg import FedAvg
-from fedsim.core.hooks import Phase, ServerState
+from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
-from fedsim.core.state import clone
 
 TARGETS = ("softmax", "logits", "mse")  # the distillation term of PFLlib's versions: see the module docstring
 
@@ -48,34 +46,20 @@ class FedDistillParams(Params):
                                  "diverges), mse (PFLlib 2023)", choices=TARGETS)
 
 
-class FedDistill(FedAvg):
+class FedDistill(classwise.ClasswiseExchange):
     name = "feddistill"
     no_freeze_base = "trains its whole model"
-    personalized = True
     Params = FedDistillParams
+    vector = "logits"
     # the server's logits of a class are Σ l_i·[holds] / Σ [holds] over the cohort: two uniform means
     sends = classwise.sends("logits", "mean logits")
 
-    def __init__(self, config, keys, population: int = 1):
-        super().__init__(config, keys, population)
-        self.sent = []  # no model travels
-
-    def personal_keys(self):
-        return set(self.keys.all)  # the whole model stays with the client
-
-    def personal_initial(self, initial):
-        return clone(initial)
-
-    def init_server(self, initial):
-        import torch
+    def outputs(self, state, x):
+        """(the logits, the logits) of x: the vectors sent are the logits themselves."""
         from torch.func import functional_call
 
-        self.model.eval()
-        with torch.no_grad():
-            classes = functional_call(self.model, initial, (self.data.x[:1],)).shape[1]
-        logits = next(iter(initial.values())).new_zeros(classes, classes)
-        has = torch.zeros(classes, dtype=torch.bool, device=logits.device)
-        return ServerState(model=clone(initial), extra={"logits": logits, "has": has})
+        logits = functional_call(self.model, state, (x,))
+        return logits, logits
 
     def phases(self):
         return [Phase(loss=distill_loss(self.params.distill_target))]
@@ -85,33 +69,6 @@ class FedDistill(FedAvg):
         # λ, or 0 before any global logits exist (PFLlib's first round)
         lam = server.extra["logits"].new_tensor(self.params.distill_lam if bool(has.any()) else 0.0)
         return {"logits": server.extra["logits"], "has": has, "distill_lam": lam}
-
-    def client_finish(self, server, store, result):
-        store.put(result.client, result.states[-1])
-        logits, held = self.mean_logits(result.states[-1], result.client, server.extra["has"].shape[0])
-        return classwise.message(result, "logits", logits, held)
-
-    def server_update(self, server, aggregate):
-        logits, has = classwise.holders_mean(aggregate, "logits")
-        return replace(server, extra={**server.extra, "logits": logits, "has": has})
-
-    def mean_logits(self, state, client: int, classes: int):
-        """(classes x classes mean logits, which classes the client holds): per class over its training samples,
-        eval mode."""
-        from torch.func import functional_call
-
-        return classwise.class_means(self.model, self.data, client, classes,
-                                     lambda x: functional_call(self.model, state, (x,)))
-
-    def personal_model(self, server, store, client):
-        return store.get(client)
-
-    def bytes_up_of(self, server, message) -> int:
-        """A client sends one logit vector (and its label) per class it holds."""
-        return classwise.message_bytes(message, "logits")
-
-    def bytes_down(self, server):
-        return classwise.vector_bytes(server.extra["has"], server.extra["logits"])
 
 
 def distill_loss(target: str):

@@ -29,15 +29,13 @@ PFLlib's). --freeze-base is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fedsim.algorithms import classwise
 from fedsim.algorithms.fedas import features_and_logits
-from fedsim.algorithms.fedavg import FedAvg
 from fedsim.algorithms.fedper import head_params, linear_head
-from fedsim.core.hooks import Phase, ServerState
+from fedsim.core.hooks import Phase
 from fedsim.core.params import Params, option
-from fedsim.core.state import clone
 
 
 @dataclass(frozen=True)
@@ -48,19 +46,18 @@ class FedProtoParams(Params):
                                 "prototype (the nearest global prototype, PFLlib's)", choices=("head", "prototype"))
 
 
-class FedProto(FedAvg):
+class FedProto(classwise.ClasswiseExchange):
     name = "fedproto"
     no_freeze_base = "trains its base"
     needs_head = True
-    personalized = True
     Params = FedProtoParams
+    vector = "prototypes"
     # the server's prototype of a class is Σ p_i·[holds] / Σ [holds] over the cohort: two uniform means
     sends = classwise.sends("prototypes", "prototypes")
 
     def __init__(self, config, keys, population: int = 1):
         self.head_modules = sorted({k.rpartition(".")[0] for k in head_params(keys, self.name)})
         super().__init__(config, keys, population)
-        self.sent = []  # no model travels
 
     def attach(self, model, data):
         if self.params.proto_predict == "prototype":
@@ -68,21 +65,9 @@ class FedProto(FedAvg):
                                     bias=True)
         super().attach(model, data)
 
-    def personal_keys(self):
-        return set(self.keys.all)  # the whole model stays with the client
-
-    def personal_initial(self, initial):
-        return clone(initial)
-
-    def init_server(self, initial):
-        import torch
-
-        self.model.eval()
-        with torch.no_grad():
-            feats, logits = features_and_logits(self.model, initial, self.data.x[:1], self.head_modules)
-        prototypes = feats.new_zeros(logits.shape[1], feats.shape[1])
-        has = torch.zeros(logits.shape[1], dtype=torch.bool, device=feats.device)
-        return ServerState(model=clone(initial), extra={"prototypes": prototypes, "has": has})
+    def outputs(self, state, x):
+        """(the head's input, the logits) of x: the prototypes are mean head inputs."""
+        return features_and_logits(self.model, state, x, self.head_modules)
 
     def phases(self):
         return [Phase(loss=self.prototype_loss)]
@@ -98,25 +83,11 @@ class FedProto(FedAvg):
         target = torch.where(ctx["has"][y][:, None], ctx["prototypes"][y], feats.detach())
         return F.cross_entropy(logits, y) + self.params.proto_lam * F.mse_loss(feats, target)
 
-    def client_finish(self, server, store, result):
-        store.put(result.client, result.states[-1])
-        prototypes, held = self.prototypes(result.states[-1], result.client, server.extra["has"].shape[0])
-        return classwise.message(result, "prototypes", prototypes, held)
-
-    def server_update(self, server, aggregate):
-        prototypes, has = classwise.holders_mean(aggregate, "prototypes")
-        return replace(server, extra={**server.extra, "prototypes": prototypes, "has": has})
-
-    def prototypes(self, state, client: int, classes: int):
-        """(classes x d prototypes, which classes the client holds): its mean features per class, eval mode."""
-        return classwise.class_means(self.model, self.data, client, classes, lambda x: features_and_logits(
-            self.model, state, x, self.head_modules)[0])
-
     def personal_model(self, server, store, client):
         """The client's model; under --proto-predict prototype, with its Linear head replaced by one whose largest
         output is the nearest global prototype: argmin_c ‖z − p_c‖² = argmax_c 2⟨p_c, z⟩ − ‖p_c‖² (a class without
         a prototype never wins)."""
-        own = store.get(client)
+        own = super().personal_model(server, store, client)
         if self.params.proto_predict == "head":
             return own
         import torch
@@ -125,10 +96,3 @@ class FedProto(FedAvg):
         far = torch.finfo(protos.dtype).min / 2
         bias = torch.where(has, -(protos**2).sum(1), torch.full_like(protos[:, 0], far))
         return {**own, f"{self.head}.weight": 2 * protos, f"{self.head}.bias": bias}
-
-    def bytes_up_of(self, server, message) -> int:
-        """A client sends one prototype (and its label) per class it holds."""
-        return classwise.message_bytes(message, "prototypes")
-
-    def bytes_down(self, server):
-        return classwise.vector_bytes(server.extra["has"], server.extra["prototypes"])
